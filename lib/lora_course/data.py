@@ -249,3 +249,55 @@ def prepare_data(
     split = ds.train_test_split(test_size=settings.test_size, seed=settings.split_seed)
     report.train_rows, report.test_rows = len(split["train"]), len(split["test"])
     return PreparedData(train=split["train"], test=split["test"], report=report)
+
+
+# --------------------------------------------------------------------------- data card
+@dataclass
+class DataCard:
+    """Counts and length distributions of a product table, for chapter 1."""
+
+    rows: int
+    categories: int
+    top_categories: dict[str, int]
+    description_words: list[int]
+    description_tokens: list[int] | None
+    text_tokens: list[int] | None  # prompt + response + EOS, what the trainer sees
+
+    @staticmethod
+    def _summary(values: list[int]) -> dict[str, float]:
+        s = pd.Series(values)
+        return {"min": int(s.min()), "median": float(s.median()), "mean": float(s.mean()), "p95": float(s.quantile(0.95)), "max": int(s.max())}
+
+    def summary(self) -> pd.DataFrame:
+        """One row per length measure: min, median, mean, 95th percentile, max."""
+        rows = {"description (words)": self._summary(self.description_words)}
+        if self.description_tokens is not None:
+            rows["description (tokens)"] = self._summary(self.description_tokens)
+            rows["training text (tokens)"] = self._summary(self.text_tokens)
+        return pd.DataFrame(rows).T
+
+    def share_over(self, max_length: int) -> float:
+        """Fraction of rows whose training text is longer than `max_length` tokens."""
+        if self.text_tokens is None:
+            raise CourseError("This data card was made without a tokenizer: pass one to data_card() to count tokens.")
+        return sum(n > max_length for n in self.text_tokens) / len(self.text_tokens)
+
+
+def data_card(df: pd.DataFrame, tokenizer=None, top: int = 10) -> DataCard:
+    df, _ = clean_table(df)
+    formatted = format_rows(df)
+    words = [len(d.split()) for d in df["description"]]
+    desc_tokens = text_tokens = None
+    if tokenizer is not None:
+        desc_tokens = token_lengths(df["description"].tolist(), tokenizer)
+        # +1 for the EOS token the trainer appends.
+        text_tokens = [n + 1 for n in token_lengths(formatted["text"].tolist(), tokenizer)]
+    counts = df["category"].value_counts()
+    return DataCard(
+        rows=len(df),
+        categories=int(counts.size),
+        top_categories={str(k): int(v) for k, v in counts.head(top).items()},
+        description_words=words,
+        description_tokens=desc_tokens,
+        text_tokens=text_tokens,
+    )
