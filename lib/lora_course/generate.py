@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+from time import perf_counter
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +25,24 @@ def cut_response(raw: str) -> str:
     return raw.split("###", 1)[0].strip()
 
 
+def generation_config(tokenizer, max_new_tokens: int, do_sample: bool = False, stop_strings=(END_MARKER,), **sampling):
+    """A fresh GenerationConfig: greedy unless asked, stopping at EOS and at `stop_strings`.
+
+    Built from scratch rather than from the model's own config, whose sampling
+    defaults (temperature, top_p) would only produce warnings under greedy decoding.
+    """
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        stop_strings=list(stop_strings) or None,
+        **sampling,
+    )
+
+
 @torch.no_grad()
 def generate_detailed(
     model,
@@ -37,16 +55,7 @@ def generate_detailed(
     stop_strings: tuple[str, ...] = (END_MARKER,),
     **sampling,
 ) -> list[Generation]:
-    from transformers import GenerationConfig
-
-    gen_config = GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=do_sample,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        stop_strings=list(stop_strings) or None,
-        **sampling,
-    )
+    gen_config = generation_config(tokenizer, max_new_tokens, do_sample=do_sample, stop_strings=stop_strings, **sampling)
     was_training = model.training
     model.eval()
     side = tokenizer.padding_side
@@ -57,9 +66,9 @@ def generate_detailed(
         for i in range(0, len(prompts), batch_size):
             batch = prompts[i : i + batch_size]
             enc = tokenizer(batch, return_tensors="pt", padding=True).to(device)
-            start = time.perf_counter()
+            start = perf_counter()
             ids = model.generate(**enc, generation_config=gen_config, tokenizer=tokenizer)
-            seconds = time.perf_counter() - start
+            seconds = perf_counter() - start
             new = ids[:, enc["input_ids"].shape[1] :]
             for prompt, row in zip(batch, new):
                 n = _length_without_padding(row, tokenizer)
@@ -86,3 +95,42 @@ def generate(model, tokenizer, prompts: str | list[str], max_new_tokens: int = 1
     gens = generate_detailed(model, tokenizer, [prompts] if single else list(prompts), max_new_tokens, **kwargs)
     texts = [g.text for g in gens]
     return texts[0] if single else texts
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Wall time to generate a fixed number of tokens for a batch of prompts, over repeated runs."""
+
+    median_s: float
+    min_s: float
+    max_s: float
+    repeats: int
+    new_tokens: int  # generated per prompt in each run
+    prompts: int
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.new_tokens * self.prompts / self.median_s
+
+    def to_dict(self) -> dict:
+        return {**self.__dict__, "tokens_per_second": self.tokens_per_second}
+
+
+def measure_latency(model, tokenizer, prompts: list[str], new_tokens: int = 32, repeats: int = 5, warmup: int = 1) -> Latency:
+    """Median wall time of greedy generation of exactly `new_tokens` tokens per prompt.
+
+    Stopping is switched off (min_new_tokens = max_new_tokens, no stop strings)
+    so that every model does the same amount of work; one untimed warm-up run
+    comes first.
+    """
+    import statistics
+
+    times = []
+    for i in range(warmup + repeats):
+        start = perf_counter()
+        generate_detailed(model, tokenizer, prompts, new_tokens, batch_size=len(prompts), stop_strings=(),
+                          min_new_tokens=new_tokens)
+        elapsed = perf_counter() - start
+        if i >= warmup:
+            times.append(elapsed)
+    return Latency(statistics.median(times), min(times), max(times), repeats, new_tokens, len(prompts))

@@ -135,3 +135,34 @@ def count_lora_parameters(model: nn.Module, lora_r: int, target_modules) -> Para
 def lora_matrices(peft_model: nn.Module) -> dict[str, torch.nn.Parameter]:
     """Every LoRA A and B weight by name (for gradient checks)."""
     return {n: p for n, p in peft_model.named_parameters() if "lora_A" in n or "lora_B" in n}
+
+
+# --------------------------------------------------------------------------- from scratch
+class ScratchLoRALinear(nn.Module):
+    """LoRA around a frozen linear layer, written out: y = W x + (lora_alpha / r) * B A dropout(x).
+
+    The teaching twin of PEFT's `lora.Linear` (chapter 3 prints this class and
+    checks it against PEFT's layer with the same A and B).
+    """
+
+    def __init__(self, base: nn.Linear, lora_r: int, lora_alpha: float, lora_dropout: float = 0.0):
+        super().__init__()
+        self.base = base.requires_grad_(False)  # W stays frozen
+        self.lora_A = nn.Parameter(torch.empty(lora_r, base.in_features))  # r x in
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, lora_r))  # out x r: B A = 0 at the start
+        nn.init.kaiming_uniform_(self.lora_A, a=5**0.5)  # PEFT's default for A
+        self.scaling = lora_alpha / lora_r
+        self.dropout = nn.Dropout(lora_dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + self.scaling * (self.dropout(x) @ self.lora_A.T @ self.lora_B.T)
+
+
+def trainable_by_rank(model: nn.Module, ranks, target_sets: dict[str, object]):
+    """Trainable LoRA parameters for each rank and target set: a DataFrame (rank x set)."""
+    import pandas as pd
+
+    return pd.DataFrame(
+        {name: [count_lora_parameters(model, r, targets).trainable for r in ranks] for name, targets in target_sets.items()},
+        index=pd.Index(list(ranks), name="lora_r"),
+    )

@@ -66,30 +66,85 @@ class MergeReport:
     tokenizer: object
 
 
-def merge_and_check(model: str | ModelSpec | Profile, adapter_dir: str | Path, prompts: list[str], device: str | None = None) -> MergeReport:
-    """Reload the base in float, attach the adapter, merge, and compare logits.
+def merge_and_check(model: str | ModelSpec | Profile, adapter_dir: str | Path, prompts: list[str],
+                    quantization: str = "none", device: str | None = None) -> MergeReport:
+    """Attach the adapter to a fresh load of the base, merge it, and compare with the unmerged model.
 
-    The comparison is adapter-on-float-base (unmerged) against merged, on the
-    same prompts; the difference should be float rounding only (about 1e-6).
+    With quantization "none" (the right way) the base is reloaded in float and
+    the difference is float rounding only. With "nf4" or "int8" the update is
+    folded into quantised weights and re-quantised: the difference shows what
+    that loses. The unmerged reference is a second, separate load.
     """
-    import copy
-
     from .model import load_tokenizer
 
     tokenizer = load_tokenizer(model)
-    adapter_model = load_adapter_model(model, adapter_dir, "none", device)
-    reference = copy.deepcopy(adapter_model)
-    merged = merge_adapter(adapter_model)
+    reference = load_adapter_model(model, adapter_dir, quantization, device)
+    merged = merge_adapter(load_adapter_model(model, adapter_dir, quantization, device))
     diff = max_logit_difference(reference, merged, tokenizer, prompts)
     return MergeReport(diff, merged, tokenizer)
 
 
 def save_merged(merged_model, tokenizer, out_dir: str | Path) -> Path:
     """Save a merged model as a plain checkpoint that loads without PEFT."""
+    from .model import no_progress_bar
     from .results import atomic_dir
 
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir) as tmp, no_progress_bar():
         merged_model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return out_dir
+
+
+def load_merged(folder: str | Path):
+    """A saved merged model, loaded as a plain transformers model (no PEFT involved)."""
+    from transformers import AutoModelForCausalLM
+
+    from .model import no_progress_bar
+
+    with no_progress_bar():
+        return AutoModelForCausalLM.from_pretrained(folder).eval()
+
+
+# --------------------------------------------------------------------------- many adapters, one base
+def load_adapters(model: str | ModelSpec | Profile, adapters: dict[str, str | Path], quantization: str = "none",
+                  device: str | None = None):
+    """One base model carrying several named adapters (none merged)."""
+    from peft import PeftModel
+
+    from .model import load_model
+
+    names = list(adapters)
+    for name, folder in adapters.items():
+        if not (Path(folder) / "adapter_config.json").exists():
+            raise CourseError(f"No adapter in {folder} for {name!r}: train that experiment first.")
+    base = load_model(model, quantization, device)
+    multi = PeftModel.from_pretrained(base, str(adapters[names[0]]), adapter_name=names[0])
+    for name in names[1:]:
+        multi.load_adapter(str(adapters[name]), adapter_name=name)
+    multi.eval()
+    return multi
+
+
+@torch.no_grad()
+def generate_mixed(multi_model, tokenizer, prompts: list[str], adapter_names: list[str], max_new_tokens: int = 64) -> list[str]:
+    """One batch where row i uses adapter `adapter_names[i]` ("__base__" for no adapter)."""
+    from .generate import cut_response, generation_config
+
+    if len(prompts) != len(adapter_names):
+        raise CourseError(f"{len(prompts)} prompts but {len(adapter_names)} adapter names: give one name per prompt.")
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        enc = tokenizer(prompts, return_tensors="pt", padding=True).to(next(multi_model.parameters()).device)
+        ids = multi_model.generate(**enc, adapter_names=list(adapter_names),
+                                   generation_config=generation_config(tokenizer, max_new_tokens, stop_strings=()))
+    finally:
+        tokenizer.padding_side = side
+    new = ids[:, enc["input_ids"].shape[1]:]
+    return [cut_response(tokenizer.decode(row, skip_special_tokens=True)) for row in new]
+
+
+def folder_size_mb(folder: str | Path) -> float:
+    """Bytes of every file under `folder`, in MB (10^6 bytes)."""
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file()) / 1e6

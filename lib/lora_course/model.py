@@ -192,6 +192,21 @@ def _build_smoke(spec: ModelSpec, out: Path) -> None:
 
 
 @contextlib.contextmanager
+def no_progress_bar(local: bool = True):
+    """Hide the sub-second "Loading weights" bar for a local checkpoint; keep it for downloads."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    if local and was_on:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if local and was_on:
+            hf_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
 def _seeded(seed: int):
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
@@ -258,6 +273,8 @@ def load_model(model: str | ModelSpec | Profile, quantization: str = "none", dev
         kwargs["device_map"] = {"": 0}
     elif quant is not None:
         kwargs["device_map"] = {"": "cpu"}
-    loaded = AutoModelForCausalLM.from_pretrained(resolve_checkpoint(spec), **kwargs)
+    checkpoint = resolve_checkpoint(spec)
+    with no_progress_bar(local=Path(checkpoint).is_dir()):
+        loaded = AutoModelForCausalLM.from_pretrained(checkpoint, **kwargs)
     loaded.config.use_cache = True
     return loaded

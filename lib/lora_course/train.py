@@ -306,6 +306,7 @@ def run_experiment(config: RunConfig, *, retrain: bool = False, keep_model: bool
     from .lora import attach_lora, parameter_report
     from .model import check_device, check_quantization, load_model, load_tokenizer
     from .results import load_run, write_run
+    from .tracking import track_run
 
     out_dir = config.out_dir
     if not retrain:
@@ -323,22 +324,35 @@ def run_experiment(config: RunConfig, *, retrain: bool = False, keep_model: bool
     base = load_model(config.profile, config.experiment.quantization)
     model = attach_lora(base, config.experiment, settings.gradient_checkpointing)
     params = parameter_report(model)
-    result = train_model(
-        model,
-        tokenizer,
-        data.train,
-        settings,
-        eval_dataset=data.test if settings.eval_each_epoch else None,
-        seed=config.seed,
-        device=config.profile.device,
-    )
-    if not result.losses or not all(math.isfinite(x["loss"]) for x in result.losses):
-        raise CourseError(
-            f"Training {config.experiment.name} produced no finite loss: lower lr "
-            f"(now {settings.lr}) or check the data."
+    with track_run(config) as tracker:  # MLflow; never fails the run
+        result = train_model(
+            model,
+            tokenizer,
+            data.train,
+            settings,
+            eval_dataset=data.test if settings.eval_each_epoch else None,
+            seed=config.seed,
+            device=config.profile.device,
         )
-    run = ExperimentRun(config, result, params.to_dict(), data.report.to_dict(), out_dir, model, tokenizer)
-    write_run(run)
+        if not result.losses or not all(math.isfinite(x["loss"]) for x in result.losses):
+            raise CourseError(
+                f"Training {config.experiment.name} produced no finite loss: lower lr "
+                f"(now {settings.lr}) or check the data."
+            )
+        run = ExperimentRun(config, result, params.to_dict(), data.report.to_dict(), out_dir, model, tokenizer)
+        write_run(run)
+        tracker.log_losses(result.losses)
+        tracker.log_metrics({
+            "wall_time_s": result.wall_time_s,
+            "peak_memory_mib": result.peak_memory_mib,
+            "tokens_trained": result.tokens_trained,
+            "tokens_per_second": result.tokens_per_second,
+            "final_loss": result.final_loss,
+            "trainable_params": params.trainable,
+        })
+        for point in result.eval_losses:
+            tracker.log_metrics({"eval_loss": point["eval_loss"]}, step=int(point["step"]))
+        tracker.log_artifacts(run.adapter_dir, "adapter")
     if not keep_model:
         run.model = None
     return run

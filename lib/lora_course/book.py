@@ -1,0 +1,255 @@
+"""The book: run every chapter with papermill, render with jupyter-book, check in a browser.
+
+    python -m lora_course book --profile cpu      run chapters, then build the HTML
+    python -m lora_course check-book              load every page in headless Chromium
+
+Chapters are executed into _build/src/ (a copy of the book's sources with the
+executed notebooks in place of the committed, output-free ones); jupyter-book
+then renders _build/src/ with execution off and warnings as errors.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .data import REPO_ROOT
+from .errors import CourseError
+
+CHAPTERS_DIR = REPO_ROOT / "chapters"
+BUILD_DIR = REPO_ROOT / "_build"
+SOURCE_COPY = BUILD_DIR / "src"
+HTML_DIR = SOURCE_COPY / "_build" / "html"
+BOOK_FILES = ("_config.yml", "_toc.yml", "book", "references.bib")
+
+
+def chapter_notebooks() -> list[Path]:
+    """The chapter notebooks in reading order (their names start with the chapter number)."""
+    return sorted(CHAPTERS_DIR.glob("[0-9][0-9]-*.ipynb"))
+
+
+# --------------------------------------------------------------------------- in a chapter
+@dataclass(frozen=True)
+class ChapterContext:
+    """What a chapter's first cells resolve: profile, seed, folders."""
+
+    profile: object  # lora_course.config.Profile
+    seed: int
+    results_dir: Path
+
+    @property
+    def profile_results(self) -> Path:
+        return self.results_dir / self.profile.name
+
+    def output_path(self, *parts: str) -> Path:
+        """results/<profile>/<parts...>, its parent folder created."""
+        path = self.profile_results.joinpath(*parts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def figure_path(self, name: str) -> Path:
+        return self.output_path("figures", name)
+
+
+def environment_report() -> dict[str, str]:
+    """Versions of the stack and the device in use, printed at the top of each chapter."""
+    import importlib.metadata as md
+
+    import torch
+
+    versions = {"python": platform.python_version()}
+    for pkg in ("torch", "transformers", "peft", "trl", "bitsandbytes"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = "not installed"
+    if torch.cuda.is_available():
+        versions["device"] = f"cuda ({torch.cuda.get_device_name(0)})"
+    else:
+        versions["device"] = f"cpu ({os.cpu_count()} cores)"
+    return versions
+
+
+def setup_chapter(profile: str, seed: int = 42, results_dir: str | os.PathLike = "results") -> ChapterContext:
+    """Resolve a chapter's parameters: check the profile, seed everything, find the results folder.
+
+    A relative `results_dir` is taken from the repository root, so a chapter run
+    from chapters/ (Jupyter), from the root (papermill) or in Colab writes to the
+    same place.
+    """
+    import random
+
+    import numpy as np
+    import torch
+
+    from .config import get_profile
+    from .model import check_device
+
+    prof = get_profile(profile)
+    check_device(prof.device)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    results = Path(results_dir)
+    if not results.is_absolute():
+        results = REPO_ROOT / results
+    return ChapterContext(prof, seed, results)
+
+
+# --------------------------------------------------------------------------- running
+def run_chapters(profile: str = "cpu", chapters: list[Path] | None = None, out_dir: Path = SOURCE_COPY,
+                 results_dir: str | None = None, timeout_s: int | None = None) -> list[str]:
+    """Execute chapters with papermill into out_dir/chapters/; returns the names that failed.
+
+    Every chapter runs even if an earlier one fails, so the results of the others
+    are kept; the caller decides what a failure means.
+    """
+    import papermill as pm
+
+    chapters = chapters or chapter_notebooks()
+    if not chapters:
+        raise CourseError(f"No chapter notebooks found in {CHAPTERS_DIR}.")
+    (out_dir / "chapters").mkdir(parents=True, exist_ok=True)
+    failed = []
+    params = {"PROFILE": profile}
+    if results_dir is not None:
+        params["RESULTS_DIR"] = str(results_dir)
+    for nb in chapters:
+        target = out_dir / "chapters" / nb.name
+        start = time.perf_counter()
+        print(f"[book] {nb.stem}: running at profile {profile} ...", flush=True)
+        try:
+            pm.execute_notebook(
+                str(nb), str(target), parameters=params, kernel_name="python3", cwd=str(REPO_ROOT),
+                progress_bar=False, execution_timeout=timeout_s,
+            )
+            print(f"[book] {nb.stem}: done in {time.perf_counter() - start:.0f} s", flush=True)
+        except Exception as exc:  # papermill raises PapermillExecutionError with the cell's traceback
+            failed.append(nb.stem)
+            print(f"[book] {nb.stem}: FAILED after {time.perf_counter() - start:.0f} s: {exc}", file=sys.stderr, flush=True)
+    return failed
+
+
+def copy_book_sources(out_dir: Path = SOURCE_COPY) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in BOOK_FILES:
+        src = REPO_ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, out_dir / name, dirs_exist_ok=True)
+        elif src.exists():
+            shutil.copy2(src, out_dir / name)
+    # Figures the chapters wrote under results/ are embedded in the executed notebooks.
+
+
+def build_html(out_dir: Path = SOURCE_COPY) -> None:
+    """jupyter-book build with warnings as errors; raises on any warning or broken reference."""
+    shutil.rmtree(out_dir / "_build", ignore_errors=True)
+    jb = Path(sys.executable).parent / "jupyter-book"
+    cmd = [str(jb) if jb.exists() else "jupyter-book", "build", str(out_dir), "-W", "-n", "--keep-going"]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT)
+    if proc.returncode != 0:
+        raise CourseError(f"jupyter-book build failed (exit {proc.returncode}): read the warnings above and fix the pages they name.")
+
+
+def build_book(profile: str = "cpu") -> Path:
+    """Run every chapter, then render; fails naming the chapters that failed."""
+    shutil.rmtree(SOURCE_COPY, ignore_errors=True)
+    copy_book_sources()
+    failed = run_chapters(profile)
+    if failed:
+        raise CourseError(
+            f"Chapter(s) {', '.join(failed)} failed at profile {profile}: the executed notebooks in "
+            f"{SOURCE_COPY / 'chapters'} show the failing cell; the other chapters' results are kept."
+        )
+    build_html()
+    print(f"[book] HTML: {HTML_DIR / 'index.html'}")
+    return HTML_DIR
+
+
+# --------------------------------------------------------------------------- browser check
+def check_book_in_browser(html_dir: Path = HTML_DIR, screenshot: Path = BUILD_DIR / "screenshots" / "chapter-01.png") -> list[str]:
+    """Load every chapter page in headless Chromium; return the problems found.
+
+    A page fails when it is missing, when an image on it does not load, or when
+    its output shows a Python traceback.
+    """
+    import http.server
+    import socketserver
+    import threading
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    if not (html_dir / "index.html").exists():
+        raise CourseError(f"No built book in {html_dir}: run `make book` first.")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    if not chromium or not driver_path:
+        raise CourseError("The browser check needs Chromium and chromedriver: apt-get install chromium chromium-driver.")
+
+    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(html_dir), **k)  # noqa: E731
+    http.server.SimpleHTTPRequestHandler.log_message = lambda *a, **k: None
+    with socketserver.TCPServer(("127.0.0.1", 0), handler) as server:
+        port = server.server_address[1]
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        opts = webdriver.ChromeOptions()
+        opts.binary_location = chromium
+        for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     "--disable-dev-shm-usage", "--window-size=1280,2000"):
+            opts.add_argument(flag)
+        driver = webdriver.Chrome(service=Service(driver_path), options=opts)
+        problems: list[str] = []
+        try:
+            for i, nb in enumerate(chapter_notebooks()):
+                url = f"http://127.0.0.1:{port}/chapters/{nb.stem}.html"
+                page = f"chapters/{nb.stem}.html"
+                if not (html_dir / page).exists():
+                    problems.append(f"{page}: missing")
+                    continue
+                driver.get(url)
+                broken = driver.execute_script(
+                    "return Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)"
+                )
+                problems += [f"{page}: image does not load: {src}" for src in broken]
+                text = driver.find_element("tag name", "body").text
+                if "Traceback (most recent call last)" in text or driver.find_elements("css selector", ".output.traceback"):
+                    problems.append(f"{page}: shows an error traceback")
+                if i == 0:
+                    screenshot.parent.mkdir(parents=True, exist_ok=True)
+                    driver.save_screenshot(str(screenshot))
+        finally:
+            driver.quit()
+            server.shutdown()
+    return problems
+
+
+# --------------------------------------------------------------------------- glue
+def glue_text(name: str, value, fmt: str = "{}"):
+    """Glue `value`, formatted with `fmt`, for use as {glue:text}`name` in a chapter's prose.
+
+    Every number in the prose comes through here, so it is the value the
+    notebook computed, formatted once. Returns `value` for chaining.
+    """
+    from myst_nb import glue
+
+    # Glued as a str: its text form is the quoted repr, which {glue:text} unquotes
+    # (a bare 21,183 would be read back as the tuple (21, 183)).
+    glue(name, fmt.format(value), display=False)
+    return value
+
+
+def announce(ctx: ChapterContext) -> None:
+    """Print one line naming the profile and model behind the page's numbers (also glued)."""
+    spec = ctx.profile.model_spec
+    model = spec.hub_id or spec.description.split(",")[0]
+    glue_text("profile", ctx.profile.name)
+    glue_text("model", model)
+    line = f"Numbers on this page: profile {ctx.profile.name!r}, model {model}, seed {ctx.seed}; results in {ctx.profile_results}"
+    print(line)

