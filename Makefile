@@ -10,7 +10,8 @@ PROFILE ?= cpu
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup book check-book test clean
+.PHONY: setup book check-book test bench clean
+EXPERIMENT ?= qlora-r8-qv
 
 setup: $(STAMP)
 
@@ -38,7 +39,12 @@ check-book: setup
 	$(BIN)/python -m lora_course check-book
 
 test: setup
+	$(BIN)/ruff check lib tests
 	$(BIN)/python -m pytest
+
+# Training throughput (blog vs recommended trainer settings), memory and latency.
+bench: setup
+	$(BIN)/python -m lora_course bench --profile $(PROFILE) --experiment $(EXPERIMENT)
 
 clean:
 	rm -rf results _build

@@ -19,7 +19,7 @@ from lora_course.lora import (
     lora_matrices,
     parameter_report,
 )
-from lora_course.merge import load_adapter_model, max_logit_difference, merge_adapter, merge_and_check
+from lora_course.merge import load_adapter_model, max_logit_difference, merge_and_check
 from lora_course.model import count_parameters, load_model, meta_model
 from lora_course.train import GradientProbe, run_experiment, train_model
 
@@ -307,3 +307,47 @@ def test_measure_latency_returns_the_median_of_repeats(monkeypatch, smoke_tokeni
     lat = gen.measure_latency(None, smoke_tokenizer, ["a", "b"], new_tokens=10, repeats=3, warmup=1)
     assert (lat.median_s, lat.min_s, lat.max_s, lat.repeats) == (3.0, 2.0, 7.0, 3)
     assert lat.tokens_per_second == pytest.approx(10 * 2 / 3.0)
+
+
+def test_training_run_is_logged_to_mlflow(smoke_run):
+    from mlflow.tracking import MlflowClient
+
+    from lora_course.tracking import tracking_uri
+
+    client = MlflowClient(tracking_uri(smoke_run.config.results_dir))
+    experiment = client.get_experiment_by_name("lora-course/smoke")
+    runs = client.search_runs([experiment.experiment_id], filter_string="tags.experiment = 'qlora-r8-all'")
+    train_run = next(r for r in runs if r.info.run_name == "qlora-r8-all")
+    assert train_run.info.status == "FINISHED"
+    assert train_run.data.params["experiment.lora_r"] == "8"
+    assert train_run.data.params["experiment.quantization"] == "nf4"
+    history = client.get_metric_history(train_run.info.run_id, "loss")
+    assert [m.step for m in history] == [x["step"] for x in smoke_run.result.losses]
+    assert [m.value for m in history] == pytest.approx([x["loss"] for x in smoke_run.result.losses])
+    assert train_run.data.metrics["tokens_trained"] == smoke_run.result.tokens_trained
+    artifacts = [a.path for a in client.list_artifacts(train_run.info.run_id, "adapter")]
+    assert "adapter/adapter_config.json" in artifacts
+
+
+def test_merge_unties_a_shared_lm_head_first(smoke_tokenizer, tmp_path):
+    """With lm_head tied to the embedding, merging an lm_head adapter must not change the embedding."""
+    from lora_course.merge import merge_adapter
+    from lora_course.model import load_model
+
+    base = load_model("smoke-llama")
+    base.lm_head.weight = base.model.embed_tokens.weight  # tie them, as SmolLM2 does
+    base.config.tie_word_embeddings = True
+    embedding_before = base.model.embed_tokens.weight.detach().clone()
+    model = attach_lora(base, dataclasses.replace(get_experiment("qlora-r8-all"), quantization="none"))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.1)
+    enc = smoke_tokenizer(["Q: a lamp\nA:"], return_tensors="pt")
+    model.eval()
+    with torch.no_grad():
+        expected = model(**enc).logits
+    merged = merge_adapter(model)
+    assert torch.equal(merged.model.embed_tokens.weight, embedding_before)
+    assert merged.lm_head.weight.data_ptr() != merged.model.embed_tokens.weight.data_ptr()
+    with torch.no_grad():
+        assert (merged(**enc).logits - expected).abs().max() < 1e-4

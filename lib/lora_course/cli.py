@@ -50,6 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("check-book", help="load every chapter page of the built book in headless Chromium")
 
+    p = sub.add_parser("bench", help="measure training throughput, memory and generation latency side by side")
+    p.add_argument("--experiment", default="qlora-r8-qv", help=f"one of: {', '.join(EXPERIMENTS)}")
+    p.add_argument("--profile", default="cpu", help=f"one of: {', '.join(PROFILES)} (default: cpu)")
+    p.add_argument("--rows", type=int, default=None, help="training rows, one pass per trainer setting (default: the profile's bench_rows)")
+    p.add_argument("--random-weights", action="store_true", help="the profile model's architecture with random weights (no download)")
+    p.add_argument("--data", default=None, help="data source override, e.g. 'sample' for a gpu run offline")
+    p.add_argument("--repeats", type=int, default=3, help="timed generation runs per model (default: 3)")
+    p.add_argument("--no-latency", action="store_true", help="measure training only")
+    p.add_argument("--out", default=None, help="folder for the JSON (default: results/<profile>/bench)")
+
     sub.add_parser("list", help="list models, profiles and experiments")
     return parser
 
@@ -151,6 +161,20 @@ def cmd_check_book(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from pathlib import Path
+
+    from .bench import bench, save
+    from .config import get_profile
+
+    result = bench(get_profile(args.profile), args.experiment, rows=args.rows, random_weights=args.random_weights,
+                   data_source=args.data, latency_repeats=args.repeats, latency=not args.no_latency)
+    out = save(result, args.out or Path("results") / args.profile / "bench")
+    print(result.table())
+    print(f"json: {out}")
+    return 0
+
+
 def cmd_list(args) -> int:
     for name, m in MODELS.items():
         print(f"model       {name:18} {m.description}")
@@ -168,5 +192,6 @@ COMMANDS = {
     "merge": cmd_merge,
     "book": cmd_book,
     "check-book": cmd_check_book,
+    "bench": cmd_bench,
     "list": cmd_list,
 }

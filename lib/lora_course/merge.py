@@ -16,7 +16,8 @@ from .config import ModelSpec, Profile
 from .errors import CourseError
 
 
-def load_adapter_model(model: str | ModelSpec | Profile, adapter_dir: str | Path, quantization: str = "none", device: str | None = None):
+def load_adapter_model(model: str | ModelSpec | Profile, adapter_dir: str | Path, quantization: str = "none",
+                       device: str | None = None, compute_dtype: str | None = None):
     """The base model (in the given precision) with a saved adapter on top, unmerged."""
     from peft import PeftModel
 
@@ -27,7 +28,7 @@ def load_adapter_model(model: str | ModelSpec | Profile, adapter_dir: str | Path
         raise CourseError(
             f"No adapter in {adapter_dir}: train the experiment first (python -m lora_course train ...)."
         )
-    base = load_model(model, quantization, device)
+    base = load_model(model, quantization, device, compute_dtype)
     peft_model = PeftModel.from_pretrained(base, str(adapter_dir))
     if quantization != "none":
         # TRL keeps every adapter weight of a quantised model in bf16 (the QLoRA
@@ -40,8 +41,37 @@ def load_adapter_model(model: str | ModelSpec | Profile, adapter_dir: str | Path
     return peft_model
 
 
+def untie_lm_head(peft_model) -> bool:
+    """Give lm_head its own weight when it shares the embedding's (SmolLM2 ties them).
+
+    An adapter on lm_head changes only the output projection. Merged into a
+    weight that is also the input embedding, it would change the embedding too,
+    and the merged model would no longer compute what the adapter model did.
+    Returns True when a weight was untied.
+    """
+    from torch import nn
+
+    base = peft_model.get_base_model()
+    head = base.get_output_embeddings()
+    head = getattr(head, "base_layer", head)  # inside PEFT's LoRA wrapper
+    embedding = base.get_input_embeddings()
+    if head.weight.data_ptr() != embedding.weight.data_ptr():
+        return False
+    head.weight = nn.Parameter(embedding.weight.detach().clone(), requires_grad=False)
+    base.config.tie_word_embeddings = False
+    if hasattr(base.config, "get_text_config"):
+        base.config.get_text_config().tie_word_embeddings = False
+    return True
+
+
 def merge_adapter(peft_model):
-    """merge_and_unload(): a plain transformers model with the adapter folded in."""
+    """merge_and_unload(): a plain transformers model with the adapter folded in.
+
+    lm_head is untied from the embedding first when an adapter sits on it.
+    """
+    head = peft_model.get_base_model().get_output_embeddings()
+    if hasattr(head, "lora_A"):
+        untie_lm_head(peft_model)
     merged = peft_model.merge_and_unload()
     merged.eval()
     return merged

