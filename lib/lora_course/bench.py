@@ -4,9 +4,10 @@
 
 For one profile and experiment, in one process:
   - training with two trainer settings on the same model, rows and token budget:
-    `blog` (every example padded to max_length, batch 4 x accumulation 4, as in
-    the post's code) and `recommended` (examples packed into full rows, no pad
-    tokens, no accumulation); per-step times give median and spread;
+    `blog` (every example padded to max_length, batch 4 x accumulation 4, bf16
+    compute, as in the post's code) and `recommended` (examples packed into full
+    rows, no pad tokens, no accumulation, the device's compute dtype); per-step
+    times give median and spread;
   - held-out response loss after each, so speed is not bought with quality;
   - generation latency of the base, the unmerged adapter and the merged model.
 Ratios are reported next to the absolute numbers. No result here is asserted in
@@ -28,10 +29,25 @@ import torch
 from .config import Profile, RunConfig
 from .errors import CourseError
 
-# Trainer settings compared, as overrides of the profile's TrainSettings.
-TRAINER_SETTINGS: dict[str, dict[str, Any]] = {
-    # The post: pad every example to max_length (256), 4 rows x 4 accumulation steps.
-    "blog": dict(micro_batch_size=4, grad_accum_steps=4, pad_to_max_length=True, packing=False, padding_free=False),
+
+@dataclass(frozen=True)
+class TrainerSetting:
+    """One way to run the same training: overrides of TrainSettings, and the 4-bit compute dtype."""
+
+    train: dict[str, Any]
+    compute_dtype: str | None = None  # None: the profile's, chosen for its device
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.train, "compute_dtype": self.compute_dtype or "profile"}
+
+
+TRAINER_SETTINGS: dict[str, TrainerSetting] = {
+    # The post's code: every example padded to max_length (256), 4 rows x 4
+    # accumulation steps, 4-bit layers computing in bf16.
+    "blog": TrainerSetting(
+        dict(micro_batch_size=4, grad_accum_steps=4, pad_to_max_length=True, packing=False, padding_free=False),
+        compute_dtype="bf16",
+    ),
     # Packed: examples laid end to end and cut into full rows of max_length tokens
     # (TRL's "wrapped" packing), 4 rows a step with no accumulation. No position
     # holds padding, and every row is a plain causal sequence, which runs on the
@@ -39,8 +55,12 @@ TRAINER_SETTINGS: dict[str, dict[str, Any]] = {
     # the next one in the same row, and an example may be split across rows.
     # (TRL's "bfd" packing keeps examples apart, but without FlashAttention it
     # attends over the whole flattened batch and measured slower than padding here.)
-    "recommended": dict(micro_batch_size=4, grad_accum_steps=1, pad_to_max_length=False, packing=True,
-                        packing_strategy="wrapped", padding_free=False),
+    # 4-bit layers compute in the profile's dtype: bf16 on a GPU, fp32 on a CPU
+    # without bf16 units, where bf16 is emulated.
+    "recommended": TrainerSetting(
+        dict(micro_batch_size=4, grad_accum_steps=1, pad_to_max_length=False, packing=True,
+             packing_strategy="wrapped", padding_free=False),
+    ),
 }
 
 
@@ -175,17 +195,19 @@ def bench(profile: Profile, experiment: str, *, rows: int | None = None, random_
     with tempfile.TemporaryDirectory(prefix="lora_course_bench_") as scratch:
         for name in settings:
             # One pass over the same rows for every setting: an equal token budget.
-            t_settings = dataclasses.replace(profile.train, **TRAINER_SETTINGS[name], max_steps=-1, num_epochs=1.0,
+            setting = TRAINER_SETTINGS[name]
+            t_settings = dataclasses.replace(profile.train, **setting.train, max_steps=-1, num_epochs=1.0,
                                              logging_steps=1, eval_each_epoch=False, group_by_length=name == "blog")
             torch.manual_seed(config.seed)
-            model = attach_lora(load_model(spec, exp.quantization, device, compute), exp, t_settings.gradient_checkpointing)
+            model = load_model(spec, exp.quantization, device, setting.compute_dtype or compute)
+            model = attach_lora(model, exp, t_settings.gradient_checkpointing)
             timer = StepTimer()
             tr = train_model(model, tokenizer, train_rows, t_settings, seed=config.seed, device=device,
                              callbacks=[timer.callback])
             loss = response_loss(model, tokenizer, list(test["prompt"]), [r + "\n### End" for r in test["description"]],
                                  max_length=profile.train.max_length)
             result.training[name] = TrainingBench(
-                settings=name, train_settings=TRAINER_SETTINGS[name], steps=tr.steps, rows=rows,
+                settings=name, train_settings=setting.to_dict(), steps=tr.steps, rows=rows,
                 tokens=tr.tokens_trained, wall_time_s=tr.wall_time_s,
                 step_seconds=spread(timer.seconds[1:] or timer.seconds),  # the first step pays for warm-up
                 peak_memory_mib=tr.peak_memory_mib, memory_kind=tr.memory_kind,

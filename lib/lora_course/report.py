@@ -160,6 +160,24 @@ def compare(a: ModelEvaluation, b: ModelEvaluation, metric: str) -> Comparison:
     return Comparison(metric, interval(a, metric), interval(b, metric))
 
 
+def format_interval(evaluation: ModelEvaluation, metric: str, fmt: str = "{:.2f}") -> str:
+    """ "mean [low, high]" of a held-out metric, for tables."""
+    mean, low, high = interval(evaluation, metric)
+    return f"{fmt.format(mean)} [{fmt.format(low)}, {fmt.format(high)}]"
+
+
+def evidence_table(evals: dict[str, ModelEvaluation], a: str, b: str, metrics: list[str]):
+    """Runs a and b side by side: mean [95% interval] per metric, whether the intervals separate, and which is better."""
+    import pandas as pd
+
+    rows = []
+    for m in metrics:
+        c = compare(evals[a], evals[b], m)
+        rows.append({"metric": m, a: format_interval(evals[a], m, "{:.3f}"), b: format_interval(evals[b], m, "{:.3f}"),
+                     "intervals apart": c.differs, "better": (b if c.b_better else a) if c.differs else "-"})
+    return pd.DataFrame(rows).set_index("metric")
+
+
 def verdict_b_better(comparisons: list[Comparison]) -> str:
     """The claim "b is better than a", judged on several metrics.
 

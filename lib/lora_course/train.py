@@ -257,6 +257,11 @@ def train_model(
                 processing_class=tokenizer,
                 callbacks=callbacks,
             )
+            # In a notebook the trainer would draw an HTML table of every logged loss;
+            # chapters plot the losses instead, so that table is dropped there.
+            from transformers.utils.notebook import NotebookProgressCallback
+
+            trainer.remove_callback(NotebookProgressCallback)
             with PeakMemory(device) as mem:
                 start = time.perf_counter()
                 trainer.train()
