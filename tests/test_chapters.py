@@ -56,3 +56,10 @@ def test_executed_chapter_output_has_no_warnings(path, executed):
     assert noisy == []
     # The page says which profile produced its numbers.
     assert any("Numbers on this page: profile 'smoke'" in "".join(o.get("text", "")) for c in _code_cells(nb) for o in c["outputs"])
+
+
+def test_figures_render_as_images(executed):
+    out, _ = executed
+    nb = json.loads((out / "chapters" / "01-data-formatting.ipynb").read_text())
+    images = [o for c in _code_cells(nb) for o in c["outputs"] if "image/png" in o.get("data", {})]
+    assert len(images) >= 1

@@ -93,6 +93,7 @@ def setup_chapter(profile: str, seed: int = 42, results_dir: str | os.PathLike =
 
     prof = get_profile(profile)
     check_device(prof.device)
+    _inline_figures()
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -100,6 +101,21 @@ def setup_chapter(profile: str, seed: int = 42, results_dir: str | os.PathLike =
     if not results.is_absolute():
         results = REPO_ROOT / results
     return ChapterContext(prof, seed, results)
+
+
+def _inline_figures() -> None:
+    """In a notebook, show the Figures that lora_course.plots returns as images.
+
+    The plots are built without pyplot, so nothing registers matplotlib's image
+    display in the kernel unless the inline backend is switched on here.
+    """
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None and hasattr(shell, "run_line_magic"):
+        shell.run_line_magic("matplotlib", "inline")
 
 
 # --------------------------------------------------------------------------- running

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
+import io
 import json
 import os
 import shutil
@@ -139,8 +140,11 @@ def _build_smollm2(out: Path) -> None:
     # tool, which the course does not install.
     gguf_path = Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF
     folder, name = str(gguf_path.parent), gguf_path.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    print(f"converting {name} to a plain checkpoint in {out.parent} (once, about 15 s)", flush=True)
+    # The GGUF reader draws its own progress bar for a 2-second step; keep it out of the output.
+    with contextlib.redirect_stderr(io.StringIO()):
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config

@@ -19,6 +19,8 @@ _WARNINGS = [
     # PEFT, when lm_head shares its weight with the embedding (SmolLM2 ties them).
     r".*tied to the embedding layer.*",
     r".*Model with `tie_word_embeddings=True` and the tied_target_modules.*",
+    # ... and the same note in PEFT 0.21; merge_adapter unties lm_head before merging.
+    r".*a tied layer is part of the adapter, but `ensure_weight_tying` is not set.*",
     # PEFT, merging into 4-bit weights: chapter 5 does it on purpose and measures the error.
     r".*Merge lora module to 4-bit linear may get different generations.*",
     # tqdm in a notebook without ipywidgets falls back to text bars, which is what we want.
