@@ -165,7 +165,7 @@ def bench(profile: Profile, experiment: str, *, rows: int | None = None, random_
     """
     import tempfile
 
-    from .data import BLOG_PROMPTS, prepare_data, product_prompt
+    from .data import BLOG_PROMPTS, RESPONSE_SUFFIX, prepare_data, product_prompt
     from .evaluate import response_loss
     from .generate import measure_latency
     from .lora import attach_lora
@@ -204,7 +204,7 @@ def bench(profile: Profile, experiment: str, *, rows: int | None = None, random_
             timer = StepTimer()
             tr = train_model(model, tokenizer, train_rows, t_settings, seed=config.seed, device=device,
                              callbacks=[timer.callback])
-            loss = response_loss(model, tokenizer, list(test["prompt"]), [r + "\n### End" for r in test["description"]],
+            loss = response_loss(model, tokenizer, list(test["prompt"]), [r + RESPONSE_SUFFIX for r in test["description"]],
                                  max_length=profile.train.max_length)
             result.training[name] = TrainingBench(
                 settings=name, train_settings=setting.to_dict(), steps=tr.steps, rows=rows,

@@ -26,7 +26,7 @@ CHAPTERS_DIR = REPO_ROOT / "chapters"
 BUILD_DIR = REPO_ROOT / "_build"
 SOURCE_COPY = BUILD_DIR / "src"
 HTML_DIR = SOURCE_COPY / "_build" / "html"
-BOOK_FILES = ("_config.yml", "_toc.yml", "book", "references.bib")
+BOOK_FILES = ("_config.yml", "_toc.yml", "book")
 
 
 def chapter_notebooks() -> list[Path]:
@@ -160,7 +160,6 @@ def copy_book_sources(out_dir: Path = SOURCE_COPY) -> None:
             shutil.copytree(src, out_dir / name, dirs_exist_ok=True)
         elif src.exists():
             shutil.copy2(src, out_dir / name)
-    # Figures the chapters wrote under results/ are embedded in the executed notebooks.
 
 
 def build_html(out_dir: Path = SOURCE_COPY) -> None:

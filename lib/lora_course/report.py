@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Profile, RunConfig
-from .data import BLOG_PROMPTS, product_prompt
+from .data import BLOG_PROMPTS, RESPONSE_SUFFIX, product_prompt
 from .evaluate import EvalResult, evaluate_generations, response_loss
 from .generate import Generation, generate_detailed
 from .results import read_json, write_json
@@ -75,7 +75,7 @@ def evaluate_model(model, tokenizer, profile: Profile, test, out_dir: str | Path
                              batch_size=batch_size)
     heldout_gens = generate_detailed(model, tokenizer, prompts, profile.max_new_tokens, batch_size=batch_size)
     heldout = evaluate_generations(heldout_gens, references, max_new_tokens=profile.max_new_tokens)
-    responses = [r + "\n### End" for r in references]
+    responses = [r + RESPONSE_SUFFIX for r in references]
     loss = response_loss(model, tokenizer, prompts, responses, max_length=profile.train.max_length)
     evaluation = ModelEvaluation(
         name=name,
