@@ -6,8 +6,8 @@
 #
 #   scripts/gpu_bench.sh OUT_DIR
 #
-# Writes OUT_DIR/<experiment>-random.json per experiment (see lora_course/bench.py).
-# PROFILE=smoke runs the same steps on a CPU with a tiny architecture (the tests do).
+# Writes OUT_DIR/results/<profile>/bench/<experiment>.json per experiment (see lora_course/bench.py).
+# PROFILE=smoke ROWS=8 runs the same steps on a CPU with a tiny architecture (the tests do).
 set -euo pipefail
 out=${1:?usage: scripts/gpu_bench.sh OUT_DIR}
 cd "$(dirname "$0")/.."
@@ -20,10 +20,13 @@ fi
 
 run() {  # experiment, extra flags
     "$py" -m lora_course bench --profile "$profile" --random-weights --data sample \
-        --experiment "$1" --out "$out" "${@:2}"
+        --experiment "$1" --results "$out/results" ${ROWS:+--rows "$ROWS"} "${@:2}"
 }
-# Latency for experiment 1 only: each latency model is one more load of the base.
-run qlora-r8-qv --repeats 3
-run qlora-r8-all --no-latency
-run lora8bit-r8-all --no-latency
-echo "results: $out"
+# Latency for the first experiment only: each latency model is one more load of the base.
+# EXPERIMENTS="a b" measures other set-ups (the tests run two).
+set -- ${EXPERIMENTS:-qlora-r8-qv qlora-r8-all lora8bit-r8-all}
+run "$1" --repeats 3
+for experiment in "${@:2}"; do
+    run "$experiment" --no-latency
+done
+echo "results: $out/results"

@@ -1,76 +1,115 @@
-"""The benchmark command at the smoke profile: well-formed JSON with every field. No timing assertions."""
+"""The benchmark and the GPU scripts at the smoke profile: real values, no timing assertions."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from lora_course.cli import main
-from lora_course.model import count_parameters, load_model, meta_model, random_weights_spec
+from lora_course.bench import TRAINER_SETTINGS, lora_training_flops_per_token, random_weights
+from lora_course.config import PROFILES
+from lora_course.model import count_parameters, load_model, meta_model
 
-TRAINING_FIELDS = {"settings", "train_settings", "steps", "rows", "tokens", "wall_time_s", "step_seconds",
-                   "peak_memory_mib", "memory_kind", "final_train_loss", "heldout_loss", "tokens_per_second",
-                   "steps_per_second"}
-LATENCY_FIELDS = {"median_s", "min_s", "max_s", "repeats", "new_tokens", "prompts", "tokens_per_second"}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _start(argv, out, **env):
+    full = {**os.environ, "PROFILE": "smoke", "PYTHON": sys.executable, "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1", **env}
+    return subprocess.Popen(argv, env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 @pytest.fixture(scope="module")
-def bench_json(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench")
-    assert main(["bench", "--profile", "smoke", "--experiment", "qlora-r8-all", "--rows", "16", "--repeats", "2",
-                 "--out", str(out)]) == 0
-    return json.loads((out / "qlora-r8-all.json").read_text())
+def commands(tmp_path_factory):
+    """The bench command and both GPU scripts at smoke, side by side: one thread each, on two cores."""
+    outs = {name: tmp_path_factory.mktemp(name) for name in ("bench", "gpu_bench", "gpu_check")}
+    procs = {
+        "bench": _start([sys.executable, "-m", "lora_course", "bench", "--profile", "smoke", "--experiment",
+                         "qlora-r8-all", "--rows", "16", "--repeats", "2", "--results", str(outs["bench"])],
+                        outs["bench"]),
+        "gpu_bench": _start(["bash", str(ROOT / "scripts" / "gpu_bench.sh"), str(outs["gpu_bench"])],
+                            outs["gpu_bench"], ROWS="8", EXPERIMENTS="lora8bit-r8-all"),
+        "gpu_check": _start(["bash", str(ROOT / "scripts" / "gpu_check.sh"), str(outs["gpu_check"])],
+                            outs["gpu_check"], STEPS="3"),
+    }
+    done = {}
+    for name, proc in procs.items():
+        _, err = proc.communicate(timeout=600)
+        done[name] = (proc.returncode, err, outs[name])
+    return done
 
 
-def test_bench_json_has_every_field(bench_json):
-    assert bench_json["profile"] == "smoke" and bench_json["experiment"] == "qlora-r8-all"
-    assert set(bench_json["training"]) == {"blog", "recommended"}
-    for t in bench_json["training"].values():
-        assert set(t) == TRAINING_FIELDS
-        assert t["rows"] == 16 and t["tokens"] > 0 and t["steps"] >= 1
-        assert set(t["step_seconds"]) == {"median", "min", "max", "n"}
-        assert t["step_seconds"]["min"] <= t["step_seconds"]["median"] <= t["step_seconds"]["max"]
-        assert t["heldout_loss"] > 0
-    assert set(bench_json["latency"]) == {"base", "base + adapter (unmerged)", "merged"}
-    for lat in bench_json["latency"].values():
-        assert set(lat) == LATENCY_FIELDS and lat["repeats"] == 2
-    assert bench_json["speedup_tokens_per_second"] > 0
-    assert "heldout_loss_difference" in bench_json and "environment" in bench_json
+@pytest.fixture(scope="module")
+def bench_json(commands):
+    code, err, out = commands["bench"]
+    assert code == 0, err[-2000:]
+    return json.loads((out / "smoke" / "bench" / "qlora-r8-all.json").read_text()), out
 
 
-def test_both_settings_train_on_the_same_rows_and_tokens(bench_json):
-    blog, rec = bench_json["training"]["blog"], bench_json["training"]["recommended"]
-    # One pass over the same 16 rows: the same non-padding tokens, packed or padded.
-    assert blog["tokens"] == rec["tokens"]
-    # The blog's 16 rows per optimizer step (4 x 4): one step for 16 rows.
-    assert blog["steps"] == 1
+def test_settings_differ_only_in_padding_packing_and_accumulation():
+    blog, rec = TRAINER_SETTINGS["blog"], TRAINER_SETTINGS["recommended"]
+    assert set(blog) == set(rec)
+    assert {k for k in blog if blog[k] != rec[k]} == {"gradient_accumulation_steps", "train_sampling_strategy",
+                                                      "packing", "packing_strategy"}
+    # No dtype in either: both run in the profile's precision.
+    assert not {"fp16", "bf16", "compute_dtype"} & set(blog)
+
+
+def test_both_settings_train_the_same_rows_and_tokens(bench_json):
+    data, out = bench_json
+    blog, rec = data["training"]["blog"], data["training"]["recommended"]
+    assert blog["rows"] == rec["rows"] == 16
+    assert blog["tokens"] == rec["tokens"] > 0  # one pass over the same rows, padded or packed
+    assert blog["steps"] == 1  # 16 rows, 4 x 4 per optimizer step
+    assert data["speedup_tokens_per_second"] == pytest.approx(rec["tokens_per_second"] / blog["tokens_per_second"])
+    assert data["heldout_loss_difference"] == pytest.approx(rec["heldout_loss"] - blog["heldout_loss"])
+    assert set(data["latency"]) == {"base", "unmerged", "merged"} and data["latency"]["base"]["repeats"] == 2
+    # Each setting is an ordinary pipeline run, in the results layout.
+    for name in ("blog", "recommended"):
+        config = json.loads((out / "smoke" / "bench" / "qlora-r8-all" / name / "config.json").read_text())
+        assert config["profile"]["precision"]["compute_dtype"] == "fp32"
 
 
 def test_random_weights_model_has_the_architectures_exact_parameter_count():
-    spec = random_weights_spec("smoke-llama")
-    assert spec.source == "random" and spec.name == "smoke-llama-random"
-    model = load_model(spec)
+    profile = random_weights(PROFILES["smoke"])
+    assert profile.model == "smoke-llama-random" and profile.model_spec.source == "random"
+    model = load_model(profile)
     assert count_parameters(model) == count_parameters(meta_model("smoke-llama"))
-    # Random, not the smoke checkpoint: same shapes, different weights.
     smoke = load_model("smoke-llama")
     assert not all((a == b).all() for a, b in zip(model.parameters(), smoke.parameters()))
 
 
-def test_gpu_bench_script_runs_on_the_cpu_with_a_tiny_architecture(tmp_path):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
+def test_flops_per_token_counts_checkpointing():
+    # OpenLLaMA-3b-v2 without its input embedding: 3,426,473,600 - 32,000 x 3,200.
+    n = 3_426_473_600 - 32_000 * 3_200
+    assert lora_training_flops_per_token("open_llama_3b_v2") == 4 * n
+    assert lora_training_flops_per_token("open_llama_3b_v2", activation_checkpointing=True) == 6 * n
 
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PROFILE": "smoke", "PYTHON": sys.executable}
-    proc = subprocess.run(["bash", str(root / "scripts" / "gpu_bench.sh"), str(tmp_path)], env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    written = sorted(p.name for p in tmp_path.glob("*.json"))
-    assert written == ["lora8bit-r8-all-random.json", "qlora-r8-all-random.json", "qlora-r8-qv-random.json"]
-    first = json.loads((tmp_path / "qlora-r8-qv-random.json").read_text())
-    assert first["random_weights"] is True and first["model"] == "smoke-llama-random"
-    assert set(first["latency"]) == {"base", "base + adapter (unmerged)", "merged"}
-    assert json.loads((tmp_path / "qlora-r8-all-random.json").read_text())["latency"] == {}
+
+def test_gpu_bench_script_runs_on_the_cpu_with_a_tiny_architecture(commands):
+    code, err, out = commands["gpu_bench"]
+    assert code == 0, err[-2000:]
+    bench = out / "results" / "smoke" / "bench"
+    assert sorted(p.name for p in bench.glob("*.json")) == ["lora8bit-r8-all.json"]
+    first = json.loads((bench / "lora8bit-r8-all.json").read_text())
+    assert first["model"] == "smoke-llama-random" and set(first["latency"]) == {"base", "unmerged", "merged"}
+    assert first["training"]["blog"]["tokens"] == first["training"]["recommended"]["tokens"]
+
+
+def test_gpu_check_script_reports_moving_adapters_and_finite_losses(commands):
+    code, err, out = commands["gpu_check"]
+    assert code == 0, err[-2000:]
+    report = json.loads((out / "train-check.json").read_text())
+    assert report["ok"] is True and report["model"] == "smoke-llama-random"
+    assert set(report["runs"]) == {"qlora-r8-all", "lora8bit-r8-all"}
+    for r in report["runs"].values():
+        assert len(r["losses"]) == 3 and r["finite"]
+        assert r["adapter_dtypes"] == ["float32"] and r["moved_share"]["lora_A"] >= 0.99
+        flops = lora_training_flops_per_token("smoke-llama", PROFILES["smoke"].train.activation_checkpointing)
+        assert r["flops_per_token"] == flops
+        assert r["utilisation"] == pytest.approx(flops * r["tokens_per_second"] / report["peak_flops"])
+        assert r["memory_kind"] == "process_peak_rss"

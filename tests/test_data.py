@@ -157,6 +157,16 @@ def test_blog_sampling_and_split_are_seeded(sample):
     assert set(a.train["product"]) | set(a.test["product"]) == expected
 
 
+def test_test_size_as_a_row_count_and_a_training_slice(sample):
+    data = prepare_data(DataSettings(test_size=60, train_rows=16), table=sample)
+    assert (len(data.test), len(data.train)) == (60, 16)
+    full = prepare_data(DataSettings(test_size=60), table=sample)
+    assert data.test["text"] == full.test["text"]  # the slice leaves the held-out rows alone
+    assert data.train["text"] == full.train["text"][:16]
+    with pytest.raises(CourseError, match="A test split of 400 rows needs more than the"):
+        prepare_data(DataSettings(test_size=400), table=sample)
+
+
 def test_asking_for_more_rows_than_exist(sample):
     with pytest.raises(CourseError, match=f"Asked for 100000 rows but the dataset from sample has {len(sample)} usable rows"):
         prepare_data(DataSettings(n_rows=100_000), table=sample)
@@ -166,10 +176,15 @@ def test_data_card_counts(sample, smoke_tokenizer):
     card = data_card(sample, smoke_tokenizer)
     assert card.rows == len(sample)
     assert card.categories == sample["category"].nunique()
-    assert sum(card.top_categories.values()) <= card.rows
+    counts = sample["category"].value_counts()
+    assert card.top_categories == {str(k): int(v) for k, v in counts.head(10).items()}
     assert len(card.description_words) == len(card.text_tokens) == card.rows
     # The training text is the description plus the template, so it is always longer.
     assert all(t > d for t, d in zip(card.text_tokens, card.description_tokens))
     summary = card.summary()
-    assert summary.loc["description (words)", "min"] >= 40
-    assert 0.0 <= card.share_over(128) <= 1.0
+    assert summary.loc["description (words)", "min"] == sample["description"].str.split().map(len).min()
+    # The share over a limit, counted independently: texts + EOS longer than 128 tokens.
+    texts = format_rows(sample)["text"].tolist()
+    over = sum(len(smoke_tokenizer(t)["input_ids"]) + 1 > 128 for t in texts)
+    assert card.share_over(128) == over / len(texts)
+    assert card.share_over(10_000) == 0.0 and card.share_over(1) == 1.0

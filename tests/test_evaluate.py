@@ -248,18 +248,27 @@ def test_evaluate_generations_with_references_round_trips_json():
     assert res.rows["length_ratio"].iloc[0] == pytest.approx(1.0)
     assert res.rows["semantic_similarity"].iloc[0] > 0.99
     assert set(res.summary.columns) == {"mean", "ci_low", "ci_high", "n"}
-    back = ev.EvalResult.from_dict(json.loads(json.dumps(res.to_dict())))
+    from lora_course.results import EvalResult
+
+    back = EvalResult.from_dict(json.loads(json.dumps(res.to_dict())))
     pd.testing.assert_frame_equal(back.summary, res.summary, check_dtype=False)
     assert back.rows["runs_on"].tolist() == [False, False, True]
 
 
-def test_differs_compares_intervals():
-    good = ev.evaluate_generations([_gen(CLEAN, 12, True)] * 8, max_new_tokens=16)
-    bad = ev.evaluate_generations([_gen("and on and on", 16, False)] * 8, max_new_tokens=16)
-    assert good.differs(bad, "stopped") and bad.differs(good, "stopped")
-    assert not good.differs(good, "stopped")
-    with pytest.raises(CourseError, match="No metric 'bleu'"):
-        good.differs(bad, "bleu")
+def test_behaviours_name_what_generations_do():
+    gens = [
+        _gen("1. A lamp\n2. A shade\n3. A cord", 16, False),
+        _gen("Founded in 1998, the brand makes lamps.\n### End", 12, True),
+        _gen(RUN_ON_QA, 16, False),
+    ]
+    shares = ev.behaviours(gens, max_new_tokens=16)
+    assert shares["never stops"] == pytest.approx(2 / 3)
+    assert shares["writes a numbered list"] == pytest.approx(1 / 3)
+    assert shares["mentions a year or a date"] == pytest.approx(1 / 3)
+    assert shares["runs on into a new block"] == pytest.approx(1 / 3)
+    assert list(shares.index)[0] == "never stops"  # most frequent first
+    assert ev.describe_behaviours(shares, at_least=0.5) == "never stops (67%)"
+    assert ev.describe_behaviours(shares, at_least=0.9).startswith("none of these")
 
 
 # --------------------------------------------------------------------------- plots
@@ -305,29 +314,59 @@ def test_metric_bars_heights_and_errors(tmp_path):
         metric_bars(summaries, "bleu")
 
 
-def test_params_vs_quality_log_axis_and_baseline_line(tmp_path):
+def test_params_vs_quality_log_axis_band_and_baseline_line(tmp_path):
     from lora_course.plots import params_vs_quality
 
-    points = {"baseline": (0, 0.1, 0.05, 0.15), "r8 q/v": (2_662_400, 0.3, 0.2, 0.4), "r8 all": (12_994_560, 0.32, 0.25, 0.4)}
-    fig = params_vs_quality(points, "rouge_l", path=tmp_path / "pq.png")
+    lines = {"q, v": [(2_662_400, 3.9), (332_800, 4.1)], "all": [(12_994_560, 3.6)]}
+    fig = params_vs_quality(lines, band=(3.85, 3.95), reference=("base", 4.7), path=tmp_path / "pq.png")
     ax = fig.axes[0]
     assert ax.get_xscale() == "log"
-    assert len(ax.containers) == 2  # one error bar per trained run
-    assert [list(line.get_ydata()) for line in ax.lines if line.get_linestyle() == "--"] == [[0.1, 0.1]]
+    solid = [line for line in ax.lines if line.get_linestyle() == "-"]
+    assert [list(line.get_xdata()) for line in solid] == [[332_800, 2_662_400], [12_994_560]]  # sorted by size
+    assert [list(line.get_ydata()) for line in ax.lines if line.get_linestyle() == "--"] == [[4.7, 4.7]]
+    assert len(ax.patches) == 1  # the noise band
     assert _png_ok(tmp_path / "pq.png")
 
 
-def test_cost_bars_two_panels(tmp_path):
+def test_differences_plot_marks_margin_and_noise(tmp_path):
+    from lora_course.evidence import Difference
+    from lora_course.plots import differences
+
+    d = [Difference("response_loss", "a", "b", 0.1, 0.05, 0.15, 60, 50, 10, 0.05, 0.02),
+         Difference("response_loss", "a", "c", -0.01, -0.03, 0.01, 60, 20, 40, 0.05, None)]
+    fig = differences(d, path=tmp_path / "d.png")
+    ax = fig.axes[0]
+    dashed = [line for line in ax.lines if line.get_linestyle() == "--"]
+    assert sorted({line.get_xdata()[0] for line in dashed}) == [-0.05, 0.05]
+    assert len(ax.collections) >= 1  # the noise band of the first difference
+    assert _png_ok(tmp_path / "d.png")
+    with pytest.raises(CourseError, match="No differences to plot"):
+        differences([])
+
+
+def test_cost_bars_use_median_step_without_the_first(tmp_path):
     from lora_course.plots import cost_bars
 
-    costs = {"r8": {"wall_time_s": 150.0, "peak_memory_mib": 900.0}, "r16": {"wall_time_s": 160.0, "peak_memory_mib": 950.0}}
+    costs = {"r8": {"step_seconds": [9.0, 1.0, 2.0, 3.0], "peak_memory_mib": 900.0},
+             "r16": {"step_seconds": [8.0, 2.0, 2.0, 2.0], "peak_memory_mib": 950.0}}
     fig = cost_bars(costs, path=tmp_path / "cost.png")
     assert len(fig.axes) == 2
-    assert [p.get_height() for p in fig.axes[0].patches] == [150.0, 160.0]
+    assert [p.get_height() for p in fig.axes[0].patches] == [2.0, 2.0]  # 9 s and 8 s warm-ups left out
     assert [p.get_height() for p in fig.axes[1].patches] == [900.0, 950.0]
     assert _png_ok(tmp_path / "cost.png")
-    with pytest.raises(CourseError, match="lack 'peak_memory_mib'"):
+    with pytest.raises(CourseError, match="lack step_seconds or peak_memory_mib"):
         cost_bars({"r8": {"wall_time_s": 1.0}})
+
+
+def test_epochs_plot_puts_steps_on_an_epoch_axis(tmp_path):
+    from lora_course.plots import epochs
+
+    train = [{"step": s, "loss": 3.0 - 0.1 * s} for s in range(1, 9)]
+    evals = [{"step": 4, "eval_loss": 2.9}, {"step": 8, "eval_loss": 3.0}]
+    fig = epochs(train, evals, steps_per_epoch=4, path=tmp_path / "e.png")
+    assert list(fig.axes[0].lines[1].get_xdata()) == [1.0, 2.0]
+    with pytest.raises(CourseError, match="No held-out loss per epoch"):
+        epochs(train, [], 4)
 
 
 def test_length_histograms_mark_max_length(tmp_path):

@@ -33,8 +33,8 @@ def test_tracking_uri_and_ui_command(tmp_path, monkeypatch):
 
 
 def test_flatten_settings():
-    flat = tr.flatten({"experiment": {"lora_r": 8, "target_modules": ("q_proj", "v_proj")}, "seed": 42})
-    assert flat == {"experiment.lora_r": "8", "experiment.target_modules": "q_proj,v_proj", "seed": "42"}
+    flat = tr.flatten({"experiment": {"lora": {"r": 8, "target_modules": ("q_proj", "v_proj")}}, "seed": 42})
+    assert flat == {"experiment.lora.r": "8", "experiment.lora.target_modules": "q_proj,v_proj", "seed": "42"}
 
 
 def test_fake_run_is_written_to_sqlite_and_reads_back(tmp_path, monkeypatch, capfd):
@@ -61,9 +61,9 @@ def test_fake_run_is_written_to_sqlite_and_reads_back(tmp_path, monkeypatch, cap
     assert run.info.run_name == "qlora-r8-qv"
     assert client.get_experiment(run.info.experiment_id).name == "lora-course/smoke"
     params = run.data.params
-    assert params["experiment.lora_r"] == "8"
-    assert params["experiment.target_modules"] == "q_proj,v_proj"
-    assert params["profile.train.lr"] == "0.005"
+    assert params["experiment.lora.r"] == "8"
+    assert params["experiment.lora.target_modules"] == "q_proj,v_proj"
+    assert params["profile.train.learning_rate"] == "0.005"
     assert params["profile.train.max_steps"] == "6"
     history = client.get_metric_history(tracker.run_id, "loss")
     assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [(s, 4.0 / s) for s in range(1, 6)]
@@ -141,4 +141,4 @@ def test_env_tracking_uri_wins(tmp_path, monkeypatch):
         tracker.log_metrics({"rouge_l": 0.5})
     assert (tmp_path / "elsewhere.db").exists()
     assert not (tmp_path / "results" / "mlflow.db").exists()
-    assert _client(elsewhere).get_run(tracker.run_id).data.params["experiment.lora_r"] == "16"
+    assert _client(elsewhere).get_run(tracker.run_id).data.params["experiment.lora.r"] == "16"

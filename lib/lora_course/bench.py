@@ -1,92 +1,54 @@
-"""Benchmarks: what fine-tuning and serving cost, measured side by side.
+"""Benchmarks: what fine-tuning and serving cost, measured side by side. Each setting is a pipeline run.
 
     python -m lora_course bench --profile cpu --experiment qlora-r8-qv
 
 For one profile and experiment, in one process:
-  - training with two trainer settings on the same model, rows and token budget:
-    `blog` (every example padded to max_length, batch 4 x accumulation 4, bf16
-    compute, as in the post's code) and `recommended` (examples packed into full
-    rows, no pad tokens, no accumulation, the device's compute dtype); per-step
-    times give median and spread;
+  - training with two trainer settings on the same model, rows, token budget and
+    dtypes (they differ only in padding, packing and accumulation):
+      blog         what the post's trainer did: each batch padded to its own longest
+                   row by the default collator, rows grouped by length, 4 x 4 accumulation
+      recommended  examples packed end to end into full rows ("wrapped" packing),
+                   4 rows a step, no accumulation, no padding at all
+    per-step times give median and spread (the first, warm-up step left out);
   - held-out response loss after each, so speed is not bought with quality;
   - generation latency of the base, the unmerged adapter and the merged model.
-Ratios are reported next to the absolute numbers. No result here is asserted in
-tests: speed is measured, not tested.
+Ratios are reported next to the absolute numbers. Speed is measured, never asserted in tests.
+
+    train_check(profile, ...)   the gpu profile's trainer on random weights: loss, adapter movement, memory
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import platform
-import statistics
-import time
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .config import Profile, RunConfig
+from .config import Profile, RunConfig, get_experiment
 from .errors import CourseError
+from .results import LatencyTable, Results, write_json
 
-
-@dataclass(frozen=True)
-class TrainerSetting:
-    """One way to run the same training: overrides of TrainSettings, and the 4-bit compute dtype."""
-
-    train: dict[str, Any]
-    compute_dtype: str | None = None  # None: the profile's, chosen for its device
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**self.train, "compute_dtype": self.compute_dtype or "profile"}
-
-
-TRAINER_SETTINGS: dict[str, TrainerSetting] = {
-    # The post's code: every example padded to max_length (256), 4 rows x 4
-    # accumulation steps, 4-bit layers computing in bf16.
-    "blog": TrainerSetting(
-        dict(micro_batch_size=4, grad_accum_steps=4, pad_to_max_length=True, packing=False, padding_free=False),
-        compute_dtype="bf16",
-    ),
+TRAINER_SETTINGS: dict[str, dict[str, Any]] = {
+    # The companion code's trainer: the default collator pads each batch to its
+    # longest row; group_by_length keeps rows of similar length together.
+    "blog": dict(per_device_train_batch_size=4, gradient_accumulation_steps=4, train_sampling_strategy="group_by_length",
+                 packing=False, packing_strategy="bfd", padding_free=False, pad_to_multiple_of=None),
     # Packed: examples laid end to end and cut into full rows of max_length tokens
     # (TRL's "wrapped" packing), 4 rows a step with no accumulation. No position
-    # holds padding, and every row is a plain causal sequence, which runs on the
-    # fast attention path. The price: attention can cross from one example into
-    # the next one in the same row, and an example may be split across rows.
-    # (TRL's "bfd" packing keeps examples apart, but without FlashAttention it
-    # attends over the whole flattened batch and measured slower than padding here.)
-    # 4-bit layers compute in the profile's dtype: bf16 on a GPU, fp32 on a CPU
-    # without bf16 units, where bf16 is emulated.
-    "recommended": TrainerSetting(
-        dict(micro_batch_size=4, grad_accum_steps=1, pad_to_max_length=False, packing=True,
-             packing_strategy="wrapped", padding_free=False),
-    ),
+    # holds padding, and every row is a plain causal sequence. The price:
+    # attention can cross from one example into the next one in the same row,
+    # and an example may be split across rows. (TRL's "bfd" packing keeps
+    # examples apart, but without FlashAttention it attends over the whole
+    # flattened batch and measured slower than padding on a CPU.)
+    "recommended": dict(per_device_train_batch_size=4, gradient_accumulation_steps=1, train_sampling_strategy="random",
+                        packing=True, packing_strategy="wrapped", padding_free=False, pad_to_multiple_of=None),
 }
-
-
-class StepTimer:
-    """Trainer callback: wall time of every optimizer step."""
-
-    def __init__(self):
-        from transformers import TrainerCallback
-
-        timer = self
-
-        class _Callback(TrainerCallback):
-            def on_step_begin(self, args, state, control, **kwargs):
-                timer._start = time.perf_counter()
-
-            def on_step_end(self, args, state, control, **kwargs):
-                timer.seconds.append(time.perf_counter() - timer._start)
-
-        self.seconds: list[float] = []
-        self._start = 0.0
-        self.callback = _Callback()
-
-
-def spread(values: list[float]) -> dict[str, float]:
-    """Median, min and max of repeated measurements."""
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
 @dataclass
@@ -121,10 +83,9 @@ class BenchResult:
     profile: str
     experiment: str
     model: str
-    random_weights: bool
     device: str
     training: dict[str, TrainingBench] = field(default_factory=dict)
-    latency: dict[str, dict[str, Any]] = field(default_factory=dict)
+    latency: LatencyTable | None = None
 
     @property
     def speedup(self) -> float:
@@ -132,116 +93,96 @@ class BenchResult:
         return self.training["recommended"].tokens_per_second / self.training["blog"].tokens_per_second
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in dataclasses.asdict(self).items() if k != "training"}
+        d = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("training", "latency")}
         d["training"] = {k: v.to_dict() for k, v in self.training.items()}
+        d["latency"] = self.latency.to_dict() if self.latency is not None else {}
         if {"blog", "recommended"} <= set(self.training):
             d["speedup_tokens_per_second"] = self.speedup
             d["heldout_loss_difference"] = self.training["recommended"].heldout_loss - self.training["blog"].heldout_loss
         return d
 
     def table(self) -> str:
-        lines = [f"{'settings':12} {'tokens/s':>9} {'steps/s':>8} {'s/step (median [min, max])':>28} {'peak MiB':>9} {'held-out loss':>13}"]
+        lines = [f"{'settings':12} {'tokens/s':>9} {'steps/s':>8} {'s/step (median [min, max])':>28} "
+                 f"{'peak MiB':>9} {'held-out loss':>13}"]
         for name, t in self.training.items():
             s = t.step_seconds
             lines.append(f"{name:12} {t.tokens_per_second:9.0f} {t.steps_per_second:8.3f} "
-                         f"{s['median']:10.2f} [{s['min']:.2f}, {s['max']:.2f}]{'':6} {t.peak_memory_mib:9.0f} {t.heldout_loss:13.3f}")
+                         f"{s['median']:10.2f} [{s['min']:.2f}, {s['max']:.2f}]{'':6} {t.peak_memory_mib:9.0f} "
+                         f"{t.heldout_loss:13.3f}")
         if {"blog", "recommended"} <= set(self.training):
             lines.append(f"speed-up in non-padding tokens/s, recommended / blog: {self.speedup:.2f}x")
-        for name, lat in self.latency.items():
-            lines.append(f"generate {name:28} median {lat['median_s']:.2f} s [{lat['min_s']:.2f}, {lat['max_s']:.2f}]  "
-                         f"{lat['tokens_per_second']:.1f} tokens/s")
+        if self.latency is not None:
+            for key, label in LatencyTable.LABELS.items():
+                lat = getattr(self.latency, key)
+                lines.append(f"generate {label:28} median {lat.median_s:.2f} s [{lat.min_s:.2f}, {lat.max_s:.2f}]  "
+                             f"{lat.tokens_per_second:.1f} tokens/s")
         return "\n".join(lines)
 
 
-def bench(profile: Profile, experiment: str, *, rows: int | None = None, random_weights: bool = False,
-          data_source: str | None = None, latency_tokens: int = 32, latency_repeats: int = 3,
-          settings: tuple[str, ...] = ("blog", "recommended"), latency: bool = True) -> BenchResult:
-    """Measure training (per trainer setting) and generation latency for one experiment.
+def spread(values: list[float]) -> dict[str, float]:
+    """Median, min and max of repeated measurements, the first (warm-up) one left out when there are others."""
+    import statistics
 
-    Every setting trains one pass over the same `rows` training rows (equal
-    token budget) from the same fresh model and seed, then is scored on the
-    held-out split. Latency compares, all in float on the same device, the base,
-    the base with the trained adapter unmerged, and the merged model.
-    """
-    import tempfile
+    values = values[1:] or values
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
-    from .data import BLOG_PROMPTS, RESPONSE_SUFFIX, prepare_data, product_prompt
-    from .evaluate import response_loss
-    from .generate import measure_latency
-    from .lora import attach_lora
-    from .merge import load_adapter_model, merge_adapter
-    from .model import check_device, check_quantization, load_model, load_tokenizer, random_weights_spec
-    from .train import train_model
 
-    unknown = [s for s in settings if s not in TRAINER_SETTINGS]
-    if unknown:
-        raise CourseError(f"Unknown trainer settings {', '.join(unknown)}: choose from {', '.join(TRAINER_SETTINGS)}.")
-    config = RunConfig.create(experiment, profile, data_source=data_source)
-    profile, exp = config.profile, config.experiment
-    check_device(profile.device)
-    check_quantization(exp.quantization)
-    spec = random_weights_spec(profile.model_spec) if random_weights else profile.model_spec
-    tokenizer = load_tokenizer(spec if random_weights else profile)
+def random_weights(profile: Profile) -> Profile:
+    """The same profile on its model's architecture with random weights: its cost with no download."""
+    return dataclasses.replace(profile, model=f"{profile.model}-random")
+
+
+def setting_config(profile: Profile, experiment: str, setting: str, rows: int, results_dir, seed: int = 42) -> RunConfig:
+    """One trainer setting as a run: one pass over the first `rows` training rows, nothing else changed."""
+    if setting not in TRAINER_SETTINGS:
+        raise CourseError(f"Unknown trainer setting {setting!r}: choose from {', '.join(TRAINER_SETTINGS)}.")
     # Rows longer than max_length are dropped: padding truncates them and packing
     # would not, so keeping them would give the two settings different tokens.
-    data = prepare_data(dataclasses.replace(profile.data, overlong="drop"), tokenizer, profile.train.max_length)
-    rows = rows or profile.bench_rows
-    if rows > len(data.train):
-        raise CourseError(f"Asked for {rows} training rows but only {len(data.train)} exist: lower --rows.")
-    train_rows, test = data.train.select(range(rows)), data.test
-    device, compute = profile.device, profile.compute_dtype
-    result = BenchResult(profile.name, exp.name, spec.name, random_weights, device)
+    return RunConfig.create(experiment, profile, seed=seed, results_dir=results_dir,
+                            name=f"bench/{experiment}/{setting}", data={"train_rows": rows, "overlong": "drop"},
+                            max_steps=-1, num_train_epochs=1.0, logging_steps=1, eval_strategy="no",
+                            save_strategy="no", **TRAINER_SETTINGS[setting])
 
-    with tempfile.TemporaryDirectory(prefix="lora_course_bench_") as scratch:
-        for name in settings:
-            # One pass over the same rows for every setting: an equal token budget.
-            setting = TRAINER_SETTINGS[name]
-            t_settings = dataclasses.replace(profile.train, **setting.train, max_steps=-1, num_epochs=1.0,
-                                             logging_steps=1, eval_each_epoch=False, group_by_length=name == "blog")
-            torch.manual_seed(config.seed)
-            model = load_model(spec, exp.quantization, device, setting.compute_dtype or compute)
-            model = attach_lora(model, exp, t_settings.gradient_checkpointing)
-            timer = StepTimer()
-            tr = train_model(model, tokenizer, train_rows, t_settings, seed=config.seed, device=device,
-                             callbacks=[timer.callback])
-            loss = response_loss(model, tokenizer, list(test["prompt"]), [r + RESPONSE_SUFFIX for r in test["description"]],
-                                 max_length=profile.train.max_length)
-            result.training[name] = TrainingBench(
-                settings=name, train_settings=setting.to_dict(), steps=tr.steps, rows=rows,
-                tokens=tr.tokens_trained, wall_time_s=tr.wall_time_s,
-                step_seconds=spread(timer.seconds[1:] or timer.seconds),  # the first step pays for warm-up
-                peak_memory_mib=tr.peak_memory_mib, memory_kind=tr.memory_kind,
-                final_train_loss=tr.final_loss, heldout_loss=loss["loss"],
-            )
-            model.save_pretrained(Path(scratch) / "adapter", save_embedding_layers=False)
-            del model
+
+def bench(profile: Profile, experiment: str, *, results_dir="results", rows: int | None = None,
+          settings: tuple[str, ...] = ("blog", "recommended"), latency: bool = True, latency_tokens: int = 32,
+          latency_repeats: int = 3, retrain: bool = False) -> BenchResult:
+    """Measure training (per trainer setting) and generation latency for one experiment."""
+    from .merge import measure_serving_latency
+    from .pipeline import run
+
+    rows = rows or profile.bench_rows
+    result = BenchResult(profile.name, experiment, profile.model, profile.device)
+    last = None
+    for name in settings:
+        config = setting_config(profile, experiment, name, rows, results_dir)
+        r = run(config, evaluate="loss", retrain=retrain)
+        t = r.result
+        result.training[name] = TrainingBench(
+            settings=name, train_settings=TRAINER_SETTINGS[name], steps=t.steps, rows=rows, tokens=t.tokens_trained,
+            wall_time_s=t.wall_time_s, step_seconds=spread(t.step_seconds), peak_memory_mib=t.peak_memory_mib,
+            memory_kind=t.memory_kind, final_train_loss=t.final_loss, heldout_loss=r.evaluation.loss["loss"],
+        )
+        last = r
+    if latency and last is not None:
+        from .data import BLOG_PROMPTS, product_prompt
 
         prompts = [product_prompt(p, c) for p, c in BLOG_PROMPTS[:2]]
-        timed = {
-            "base": lambda: load_model(spec, "none", device, compute),
-            "base + adapter (unmerged)": lambda: load_adapter_model(spec, Path(scratch) / "adapter", "none", device, compute),
-            "merged": lambda: merge_adapter(load_adapter_model(spec, Path(scratch) / "adapter", "none", device, compute)),
-        }
-        for name, make in (timed.items() if latency else ()):
-            model = make()
-            result.latency[name] = measure_latency(model, tokenizer, prompts, latency_tokens, latency_repeats).to_dict()
-            del model
+        result.latency = measure_serving_latency(profile, last.adapter_dir, prompts, latency_tokens, latency_repeats)
     return result
 
 
 def environment() -> dict[str, Any]:
-    env = {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    env = {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+           "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(0)
     return env
 
 
-def save(result: BenchResult, out_dir: str | Path) -> Path:
-    """<out_dir>/<experiment>[-random].json, with the environment it ran in."""
-    from .results import write_json
-
-    out = Path(out_dir) / f"{result.experiment}{'-random' if result.random_weights else ''}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
+def save(result: BenchResult, results: Results) -> Path:
+    """results/<profile>/bench/<experiment>.json, with the environment it ran in."""
+    out = results.path("bench", f"{result.experiment}.json")
     write_json(out, {**result.to_dict(), "environment": environment()})
     return out
 
@@ -264,13 +205,15 @@ def compute_parameters(model_name: str) -> int:
     return total if cfg.tie_word_embeddings else total - embedding
 
 
-def lora_training_flops_per_token(model_name: str) -> float:
-    """About 4 N FLOPs per token: 2 N forward, 2 N backward for input gradients only.
+def lora_training_flops_per_token(model_name: str, activation_checkpointing: bool = False) -> float:
+    """FLOPs per trained token with a frozen base: 4 N, or 6 N with activation checkpointing.
 
-    A frozen base needs no weight gradients (full fine-tuning would be 6 N);
+    Forward 2 N; backward 2 N for the input gradients only (a frozen weight needs
+    no gradient of its own; full fine-tuning would add another 2 N). Activation
+    checkpointing runs the forward a second time during the backward pass: +2 N.
     LoRA's own matrices and the attention scores add a few percent, left out.
     """
-    return 4.0 * compute_parameters(model_name)
+    return (6.0 if activation_checkpointing else 4.0) * compute_parameters(model_name)
 
 
 def device_peak_flops() -> tuple[float, str]:
@@ -281,9 +224,6 @@ def device_peak_flops() -> tuple[float, str]:
             if key in name:
                 return peak, f"{name}: dense 16-bit peak {peak / 1e12:.0f} TFLOP/s"
         raise CourseError(f"No peak FLOP/s known for {name}: add it to GPU_PEAK_FLOPS in lora_course/bench.py.")
-    import os
-    import re
-
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     mhz = [float(m) for m in re.findall(r"cpu MHz\s*:\s*([\d.]+)", info)] or [2000.0]
     # fp32 FLOPs per cycle per core: 2 FMA units x 16 lanes x 2 (AVX-512), else 2 x 8 x 2 (AVX2).
@@ -291,3 +231,45 @@ def device_peak_flops() -> tuple[float, str]:
     cores = len(os.sched_getaffinity(0))
     peak = cores * max(mhz) * 1e6 * per_cycle
     return peak, f"{cores} cores x {max(mhz):.0f} MHz x {per_cycle} fp32 FLOPs/cycle = {peak / 1e9:.0f} GFLOP/s"
+
+
+# --------------------------------------------------------------------------- the gpu profile's trainer, checked
+def train_check(profile: Profile, experiments: tuple[str, ...] = ("qlora-r8-all", "lora8bit-r8-all"), *,
+                steps: int = 40, results_dir="results", data_source: str = "sample") -> dict[str, Any]:
+    """The profile's trainer settings on its architecture with random weights, for `steps` optimizer steps.
+
+    Per experiment: loss per step, the share of lora_A / lora_B entries that
+    moved, peak memory, non-padding tokens/s and utilisation. `ok` is False when
+    an adapter froze (under 99% of lora_A entries moved) or a loss is not finite.
+    """
+    from .pipeline import run
+    from .train import AdapterMovement
+
+    prof = random_weights(profile)
+    # Random weights, offline data: every row of the sample, the profile's split and trainer settings.
+    prof = dataclasses.replace(prof, data=dataclasses.replace(prof.data, source=data_source, n_rows=None))
+    peak, peak_text = device_peak_flops()
+    report: dict[str, Any] = {"profile": profile.name, "model": prof.model, "steps": steps, "peak_flops": peak,
+                              "peak_flops_text": peak_text, "environment": environment(), "runs": {}}
+    ok = True
+    for name in experiments:
+        watch = AdapterMovement()
+        config = RunConfig.create(get_experiment(name), prof, results_dir=results_dir, name=f"train-check/{name}",
+                                  max_steps=steps, logging_steps=1)
+        r = run(config, callbacks=[watch.callback], retrain=True)
+        t = r.result
+        losses = [x["loss"] for x in t.losses]
+        finite = all(math.isfinite(x) for x in losses)
+        k = max(1, len(losses) // 5)
+        flops = lora_training_flops_per_token(profile.model, config.profile.train.activation_checkpointing)
+        run_ok = finite and watch.moved.get("lora_A", 0.0) >= 0.99
+        ok &= run_ok
+        report["runs"][name] = {
+            "losses": losses, "finite": finite, "falling": finite and sum(losses[-k:]) / k < sum(losses[:k]) / k,
+            "adapter_dtypes": watch.dtypes, "moved_share": watch.moved, "peak_memory_mib": t.peak_memory_mib,
+            "memory_kind": t.memory_kind, "tokens_per_second": t.tokens_per_second,
+            "flops_per_token": flops, "utilisation": flops * t.tokens_per_second / peak, "wall_time_s": t.wall_time_s,
+            "median_step_seconds": t.median_step_seconds, "ok": run_ok,
+        }
+    report["ok"] = ok
+    return report

@@ -15,6 +15,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,28 +38,29 @@ def chapter_notebooks() -> list[Path]:
 # --------------------------------------------------------------------------- in a chapter
 @dataclass(frozen=True)
 class ChapterContext:
-    """What a chapter's first cells resolve: profile, seed, folders."""
+    """What a chapter's set-up cell resolves: profile, seed, and the results of that profile."""
 
     profile: object  # lora_course.config.Profile
     seed: int
-    results_dir: Path
+    results: object  # lora_course.results.Results
 
     @property
-    def profile_results(self) -> Path:
-        return self.results_dir / self.profile.name
-
-    def output_path(self, *parts: str) -> Path:
-        """results/<profile>/<parts...>, its parent folder created."""
-        path = self.profile_results.joinpath(*parts)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path
+    def results_dir(self) -> Path:
+        return self.results.root
 
     def figure_path(self, name: str) -> Path:
-        return self.output_path("figures", name)
+        return self.results.figure(name)
+
+    def config(self, experiment, **overrides):
+        """A RunConfig for this page's profile, seed and results folder (see RunConfig.create)."""
+        from .config import RunConfig
+
+        return RunConfig.create(experiment, self.profile, seed=overrides.pop("seed", self.seed),
+                                results_dir=self.results_dir, **overrides)
 
 
 def environment_report() -> dict[str, str]:
-    """Versions of the stack and the device in use, printed at the top of each chapter."""
+    """Versions of the stack and the device in use."""
     import importlib.metadata as md
 
     import torch
@@ -72,35 +74,48 @@ def environment_report() -> dict[str, str]:
     if torch.cuda.is_available():
         versions["device"] = f"cuda ({torch.cuda.get_device_name(0)})"
     else:
-        versions["device"] = f"cpu ({os.cpu_count()} cores)"
+        versions["device"] = f"cpu ({os.cpu_count()} cores, {torch.backends.cpu.get_cpu_capability()} kernels)"
     return versions
 
 
 def setup_chapter(profile: str, seed: int = 42, results_dir: str | os.PathLike = "results") -> ChapterContext:
-    """Resolve a chapter's parameters: check the profile, seed everything, find the results folder.
+    """A chapter's set-up: quiet known noise, check the profile, seed everything, find the results.
 
     A relative `results_dir` is taken from the repository root, so a chapter run
     from chapters/ (Jupyter), from the root (papermill) or in Colab writes to the
-    same place.
+    same place. Prints the stack's versions and one line naming the profile and
+    model behind the page's numbers (both also glued for the prose).
     """
     import random
 
     import numpy as np
     import torch
 
+    from . import quiet
     from .config import get_profile
     from .model import check_device
+    from .precision import for_profile
+    from .results import Results
 
+    quiet.install()
     prof = get_profile(profile)
     check_device(prof.device)
     _inline_figures()
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    results = Path(results_dir)
-    if not results.is_absolute():
-        results = REPO_ROOT / results
-    return ChapterContext(prof, seed, results)
+    root = Path(results_dir)
+    if not root.is_absolute():
+        root = REPO_ROOT / root
+    ctx = ChapterContext(prof, seed, Results(root, prof.name))
+    spec = prof.model_spec
+    model = spec.hub_id or spec.description.split(",")[0]
+    glue_text("profile", prof.name)
+    glue_text("model", model)
+    print(", ".join(f"{k} {v}" for k, v in environment_report().items()))
+    print(f"Numbers on this page: profile {prof.name!r}, model {model}, seed {seed}; "
+          f"precision {for_profile(prof).describe()}; results in {ctx.results.dir}")
+    return ctx
 
 
 def _inline_figures() -> None:
@@ -114,7 +129,7 @@ def _inline_figures() -> None:
     except ImportError:
         return
     shell = get_ipython()
-    if shell is not None and hasattr(shell, "run_line_magic"):
+    if shell is not None and hasattr(shell, "kernel"):  # a notebook kernel, not a plain Python process
         shell.run_line_magic("matplotlib", "inline")
 
 
@@ -136,6 +151,7 @@ def run_chapters(profile: str = "cpu", chapters: list[Path] | None = None, out_d
     params = {"PROFILE": profile}
     if results_dir is not None:
         params["RESULTS_DIR"] = str(results_dir)
+    times: dict[str, float] = {}
     for nb in chapters:
         target = out_dir / "chapters" / nb.name
         start = time.perf_counter()
@@ -149,7 +165,38 @@ def run_chapters(profile: str = "cpu", chapters: list[Path] | None = None, out_d
         except Exception as exc:  # papermill raises PapermillExecutionError with the cell's traceback
             failed.append(nb.stem)
             print(f"[book] {nb.stem}: FAILED after {time.perf_counter() - start:.0f} s: {exc}", file=sys.stderr, flush=True)
+        if target.exists():
+            _hide_injected_parameters(target)
+        times[nb.stem] = round(time.perf_counter() - start, 1)
+    _record_times(out_dir / "chapter-times.json", profile, times)
     return failed
+
+
+_TIMES_LOCK = threading.Lock()
+
+
+def _record_times(path: Path, profile: str, times: dict[str, float]) -> None:
+    """Add this call's chapter times to the file (several calls may share one output folder)."""
+    import json
+
+    with _TIMES_LOCK:
+        saved = json.loads(path.read_text()) if path.exists() else {"profile": profile, "seconds": {}}
+        if saved.get("profile") != profile:
+            saved = {"profile": profile, "seconds": {}}
+        saved["seconds"].update(times)
+        path.write_text(json.dumps(saved, indent=2) + "\n")
+
+
+def _hide_injected_parameters(path: Path) -> None:
+    """Remove papermill's injected-parameters cell from the rendered page (the page prints its profile)."""
+    import json
+
+    nb = json.loads(path.read_text())
+    for cell in nb["cells"]:
+        tags = cell.get("metadata", {}).get("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            tags.append("remove-cell")
+    path.write_text(json.dumps(nb, indent=1) + "\n")
 
 
 def copy_book_sources(out_dir: Path = SOURCE_COPY) -> None:
@@ -245,7 +292,11 @@ def check_book_in_browser(html_dir: Path = HTML_DIR, screenshot: Path = BUILD_DI
     return problems
 
 
-# --------------------------------------------------------------------------- glue
+# --------------------------------------------------------------------------- glue and claims
+class ClaimError(AssertionError):
+    """A sentence of the book that the data contradict."""
+
+
 def glue_text(name: str, value, fmt: str = "{}"):
     """Glue `value`, formatted with `fmt`, for use as {glue:text}`name` in a chapter's prose.
 
@@ -260,11 +311,13 @@ def glue_text(name: str, value, fmt: str = "{}"):
     return value
 
 
-def announce(ctx: ChapterContext) -> None:
-    """Print one line naming the profile and model behind the page's numbers (also glued)."""
-    spec = ctx.profile.model_spec
-    model = spec.hub_id or spec.description.split(",")[0]
-    glue_text("profile", ctx.profile.name)
-    glue_text("model", model)
-    line = f"Numbers on this page: profile {ctx.profile.name!r}, model {model}, seed {ctx.seed}; results in {ctx.profile_results}"
-    print(line)
+def say(name: str, condition: bool, if_true: str, if_false: str) -> None:
+    """Glue the sentence the data support: an outcome in the prose is computed, never typed."""
+    glue_text(name, if_true if condition else if_false)
+
+
+def guard(condition: bool, sentence: str, evidence: str) -> None:
+    """Stop the build when the data contradict a sentence written in the page's prose."""
+    if not condition:
+        raise ClaimError(f"The page says: {sentence!r}, but the data disagree ({evidence}). "
+                         "Fix the prose or find out what changed in the results.")

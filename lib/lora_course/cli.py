@@ -1,37 +1,62 @@
-"""Command line: python -m lora_course {params,train,generate,merge,list} --help"""
+"""Command line: python -m lora_course {list,params,train,generate,merge,bench,sweep,train-check,book,check-book} --help
+
+Under `accelerate launch` (e.g. `accelerate launch --num_processes 2 -m lora_course train ...`)
+every process trains on its shard of the rows and only the main process writes results.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
-from .config import ALL_LINEAR, EXPERIMENTS, MODELS, PROFILES, RunConfig
+from .config import ALL_LINEAR, EXPERIMENTS, EXTRA_EXPERIMENTS, MODELS, PROFILES, LoraSettings, RunConfig, TrainSettings
 from .errors import CourseError
+
+ALL_EXPERIMENTS = {**EXPERIMENTS, **EXTRA_EXPERIMENTS}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a bad argument reported in one sentence instead of the usage block."""
+
+    def error(self, message: str):
+        print(f"error: {message}: see {self.prog} --help.", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--experiment", required=True, help=f"one of: {', '.join(EXPERIMENTS)}")
+    p.add_argument("--experiment", required=True, help=f"one of: {', '.join(ALL_EXPERIMENTS)}")
     p.add_argument("--profile", default="cpu", help=f"one of: {', '.join(PROFILES)} (default: cpu)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--results", default="results", help="results root folder (default: results)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m lora_course", description="LoRA/QLoRA course: train, generate, merge.")
+    parser = _Parser(prog="python -m lora_course", description="LoRA/QLoRA course: train, generate, merge.")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("list", help="list models, profiles and experiments")
 
     p = sub.add_parser("params", help="count trainable and total parameters from the architecture alone (no download)")
     p.add_argument("--model", required=True, help=f"one of: {', '.join(MODELS)}")
-    p.add_argument("--r", type=int, default=8, help="LoRA rank (lora_r)")
+    p.add_argument("--r", type=int, default=8, help="LoRA rank (LoraConfig's r, the post's lora_r)")
     p.add_argument("--targets", nargs="+", default=["q_proj", "v_proj"], help=f"module names, or '{ALL_LINEAR}'")
     p.add_argument("--json", action="store_true", help="print JSON instead of a sentence")
 
-    p = sub.add_parser("train", help="train one experiment and write results/<profile>/<experiment>/")
+    p = sub.add_parser("train", help="train one experiment and write results/<profile>/<run>/")
     _run_args(p)
     p.add_argument("--data", default=None, help="data source: 'sample', a hub dataset id, or a CSV/JSONL/parquet path")
     p.add_argument("--max-steps", type=int, default=None, help="override the profile's step budget")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="override a trainer (SFTConfig) or LoRA (LoraConfig) setting by its name, e.g. learning_rate=1e-4")
+    p.add_argument("--precision", action="append", default=[], metavar="NAME=VALUE",
+                   help="override a precision setting, e.g. quant_storage=fp32 for FSDP (see PrecisionSettings)")
+    p.add_argument("--name", default="", help="the run's folder name (default: the experiment's)")
     p.add_argument("--retrain", action="store_true", help="train even if a finished run of the same config exists")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the run's folder")
+    p.add_argument("--keep-global-batch", action="store_true",
+                   help="under accelerate launch, divide gradient accumulation by the number of processes")
 
     p = sub.add_parser("generate", help="generate a description with a trained adapter (or the base model)")
     _run_args(p)
@@ -42,13 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("merge", help="merge a trained adapter into a float base and check the logits")
     _run_args(p)
-    p.add_argument("--out", default=None, help="folder for the merged model (default: <results>/<profile>/<experiment>/merged)")
-
-    p = sub.add_parser("book", help="run every chapter with papermill, then render the book")
-    p.add_argument("--profile", default="cpu", help=f"one of: {', '.join(PROFILES)} (default: cpu)")
-    p.add_argument("--skip-run", action="store_true", help="render the chapters already executed in _build/src")
-
-    sub.add_parser("check-book", help="load every chapter page of the built book in headless Chromium")
+    p.add_argument("--out", default=None, help="folder for the merged model (default: <results>/<profile>/<run>/merged)")
 
     p = sub.add_parser("bench", help="measure training throughput, memory and generation latency side by side")
     p.add_argument("--experiment", default="qlora-r8-qv", help=f"one of: {', '.join(EXPERIMENTS)}")
@@ -58,19 +77,74 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="data source override, e.g. 'sample' for a gpu run offline")
     p.add_argument("--repeats", type=int, default=3, help="timed generation runs per model (default: 3)")
     p.add_argument("--no-latency", action="store_true", help="measure training only")
-    p.add_argument("--out", default=None, help="folder for the JSON (default: results/<profile>/bench)")
+    p.add_argument("--results", default="results", help="results root folder (default: results)")
 
-    sub.add_parser("list", help="list models, profiles and experiments")
+    p = sub.add_parser("sweep", help="run the sweep of chapter 7 (rank, alpha, targets, learning rate), each point cached")
+    p.add_argument("--profile", default="cpu", help=f"one of: {', '.join(PROFILES)} (default: cpu)")
+    p.add_argument("--results", default="results", help="results root folder (default: results)")
+
+    p = sub.add_parser("train-check", help="the profile's trainer on random weights: loss, adapter movement, memory (JSON)")
+    p.add_argument("--profile", default="gpu", help=f"one of: {', '.join(PROFILES)} (default: gpu)")
+    p.add_argument("--steps", type=int, default=40, help="optimizer steps per run (default: 40)")
+    p.add_argument("--out", required=True, help="JSON file to write")
+    p.add_argument("--results", default="results", help="results root folder (default: results)")
+
+    p = sub.add_parser("book", help="run every chapter with papermill, then render the book")
+    p.add_argument("--profile", default="cpu", help=f"one of: {', '.join(PROFILES)} (default: cpu)")
+    p.add_argument("--skip-run", action="store_true", help="render the chapters already executed in _build/src")
+
+    sub.add_parser("check-book", help="load every chapter page of the built book in headless Chromium")
     return parser
 
 
+def _exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so that a process stopped by its launcher (torchrun stops every
+    rank when one fails) cleans up like any other failure instead of leaving half a results folder."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def main(argv: list[str] | None = None) -> int:
+    from . import quiet
+
+    quiet.install()
+    _exit_on_sigterm()
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except CourseError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def _parse_sets(items: list[str]) -> tuple[dict, dict]:
+    """NAME=VALUE pairs split into TrainSettings and LoraSettings overrides; values read as JSON when they parse."""
+    train_names = {f for f in TrainSettings.__dataclass_fields__}
+    lora_names = {f for f in LoraSettings.__dataclass_fields__}
+    train, lora = {}, {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name:
+            raise CourseError(f"--set {item!r} is not NAME=VALUE: write e.g. --set learning_rate=1e-4.")
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        if name in train_names:
+            train[name] = value
+        elif name in lora_names:
+            lora[name] = value
+        else:
+            raise CourseError(f"--set {name}: no trainer or LoRA setting has that name; trainer settings: "
+                              f"{', '.join(sorted(train_names))}; LoRA settings: {', '.join(sorted(lora_names))}.")
+    return train, lora
+
+
+def _config(args, **overrides) -> RunConfig:
+    return RunConfig.create(args.experiment, args.profile, seed=args.seed, results_dir=args.results, **overrides)
 
 
 def cmd_params(args) -> int:
@@ -83,26 +157,49 @@ def cmd_params(args) -> int:
         print(json.dumps({"model": args.model, **report.to_dict()}, indent=2))
     else:
         print(f"{args.model}, r={args.r}, targets={', '.join(report.target_modules)}")
-        print(f"trainable: {report.trainable:,}  total: {report.total:,}  base: {report.total - report.trainable:,}  ({report.percent:.4f}% trainable)")
+        print(f"trainable: {report.trainable:,}  total: {report.total:,}  base: {report.total - report.trainable:,}  "
+              f"({report.percent:.4f}% trainable)")
     return 0
 
 
-def _config(args, **overrides) -> RunConfig:
-    return RunConfig.create(args.experiment, args.profile, seed=args.seed, results_dir=args.results, **overrides)
-
-
 def cmd_train(args) -> int:
-    from .train import run_experiment
+    from .config import get_experiment, get_profile
+    from .pipeline import run
 
-    overrides = {}
+    train, lora = _parse_sets(args.set)
     if args.max_steps is not None:
-        overrides["max_steps"] = args.max_steps
-    config = _config(args, data_source=args.data, **overrides)
-    run = run_experiment(config, retrain=args.retrain, keep_model=False)
-    r = run.result
-    print(f"{config.experiment.name} @ {config.profile.name}: {r.steps} steps, loss {r.first_loss:.3f} -> {r.final_loss:.3f}, "
-          f"{r.wall_time_s:.0f} s, {r.tokens_trained:,} tokens, peak {r.peak_memory_mib:,.0f} MiB ({r.memory_kind})")
-    print(f"results: {run.out_dir}")
+        train["max_steps"] = args.max_steps
+    experiment = get_experiment(args.experiment)
+    if lora:
+        experiment = experiment.with_lora(**lora)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    profile = get_profile(args.profile)
+    accumulation = train.get("gradient_accumulation_steps", profile.train.gradient_accumulation_steps)
+    if args.keep_global_batch:
+        if accumulation % world:
+            raise CourseError(f"--keep-global-batch needs gradient accumulation ({accumulation}) divisible by the "
+                              f"{world} processes: set --set gradient_accumulation_steps=<a multiple of {world}>.")
+        accumulation //= world
+        train["gradient_accumulation_steps"] = accumulation
+    data = {"source": args.data} if args.data is not None else None
+    precision = {}
+    for item in args.precision:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise CourseError(f"--precision {item!r} is not NAME=VALUE: write e.g. --precision quant_storage=fp32.")
+        precision[name] = value
+    config = RunConfig.create(experiment, profile, seed=args.seed, results_dir=args.results, name=args.name,
+                              data=data, precision=precision or None, **train)
+    micro = config.profile.train.per_device_train_batch_size
+    if world > 1 and os.environ.get("RANK", "0") == "0":
+        print(f"{world} processes x {micro} rows x {accumulation} accumulation = {world * micro * accumulation} rows "
+              f"per optimizer step (one process: {micro * profile.train.gradient_accumulation_steps})", flush=True)
+    r = run(config, retrain=args.retrain, resume=args.resume)
+    if os.environ.get("RANK", "0") == "0":
+        t = r.result
+        print(f"{config.name} @ {config.profile.name}: {t.steps} steps, loss {t.first_loss:.3f} -> {t.final_loss:.3f}, "
+              f"{t.wall_time_s:.0f} s, {t.tokens_trained:,} tokens, peak {t.peak_memory_mib:,.0f} MiB ({t.memory_kind})")
+        print(f"results: {r.out_dir}")
     return 0
 
 
@@ -113,7 +210,7 @@ def cmd_generate(args) -> int:
     from .model import load_model, load_tokenizer
 
     config = _config(args)
-    prompt = product_prompt(args.product, args.category)
+    prompt = product_prompt(args.product, args.category)  # an empty product or category is an error here
     tokenizer = load_tokenizer(config.profile)
     if args.base:
         model = load_model(config.profile, config.experiment.quantization)
@@ -133,6 +230,61 @@ def cmd_merge(args) -> int:
     out = save_merged(report.merged_model, report.tokenizer, args.out or config.out_dir / "merged")
     print(f"max |logit(adapter) - logit(merged)| = {report.max_abs_logit_diff:.3g}")
     print(f"merged model: {out}")
+    return 0
+
+
+def _profile_with(args):
+    import dataclasses
+
+    from .bench import random_weights
+    from .config import get_profile
+
+    profile = get_profile(args.profile)
+    if getattr(args, "random_weights", False):
+        profile = random_weights(profile)
+    if getattr(args, "data", None) is not None:
+        profile = dataclasses.replace(profile, data=dataclasses.replace(profile.data, source=args.data, n_rows=None))
+    return profile
+
+
+def cmd_bench(args) -> int:
+    from .bench import bench, save
+    from .results import Results
+
+    profile = _profile_with(args)
+    result = bench(profile, args.experiment, results_dir=args.results, rows=args.rows, latency_repeats=args.repeats,
+                   latency=not args.no_latency)
+    out = save(result, Results(args.results, profile.name))
+    print(result.table())
+    print(f"json: {out}")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from .config import get_profile
+    from .sweep import SWEEP, run_sweep, sweep_table
+
+    table = sweep_table(run_sweep(SWEEP, get_profile(args.profile), args.results))
+    print(table.to_string())
+    return 0 if not table["status"].str.startswith("failed").any() else 1
+
+
+def cmd_train_check(args) -> int:
+    from pathlib import Path
+
+    from .bench import train_check
+    from .config import get_profile
+    from .results import write_json
+
+    report = train_check(get_profile(args.profile), steps=args.steps, results_dir=args.results)
+    write_json(Path(args.out), report)
+    for name, r in report["runs"].items():
+        print(f"{name}: loss {r['losses'][0]:.3f} -> {r['losses'][-1]:.3f} (finite: {r['finite']}), lora_A moved "
+              f"{r['moved_share']['lora_A']:.1%}, peak {r['peak_memory_mib']:,.0f} MiB, "
+              f"{r['tokens_per_second']:,.0f} tokens/s, utilisation {r['utilisation']:.1%}")
+    if not report["ok"]:
+        print("error: an adapter froze (under 99% of lora_A entries moved) or a loss was not finite", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -161,37 +313,25 @@ def cmd_check_book(args) -> int:
     return 0
 
 
-def cmd_bench(args) -> int:
-    from pathlib import Path
-
-    from .bench import bench, save
-    from .config import get_profile
-
-    result = bench(get_profile(args.profile), args.experiment, rows=args.rows, random_weights=args.random_weights,
-                   data_source=args.data, latency_repeats=args.repeats, latency=not args.no_latency)
-    out = save(result, args.out or Path("results") / args.profile / "bench")
-    print(result.table())
-    print(f"json: {out}")
-    return 0
-
-
 def cmd_list(args) -> int:
     for name, m in MODELS.items():
         print(f"model       {name:18} {m.description}")
     for name, p in PROFILES.items():
         print(f"profile     {name:18} {p.description}")
-    for name, e in EXPERIMENTS.items():
+    for name, e in ALL_EXPERIMENTS.items():
         print(f"experiment  {name:18} {e.title}")
     return 0
 
 
 COMMANDS = {
+    "list": cmd_list,
     "params": cmd_params,
     "train": cmd_train,
     "generate": cmd_generate,
     "merge": cmd_merge,
+    "bench": cmd_bench,
+    "sweep": cmd_sweep,
+    "train-check": cmd_train_check,
     "book": cmd_book,
     "check-book": cmd_check_book,
-    "bench": cmd_bench,
-    "list": cmd_list,
 }

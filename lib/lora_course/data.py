@@ -39,8 +39,9 @@ PROMPT_TEMPLATE = (
 END_MARKER = "### End"
 RESPONSE_SUFFIX = "\n" + END_MARKER
 
-# The blog's unseen evaluation prompts: (product, category). The third category is
-# not given in the post; "Television" is this course's choice.
+# Unseen products for generation: (product, category). The post shows the first
+# two; the third comes from its companion code, and its category, "Television",
+# is this course's choice.
 BLOG_PROMPTS: tuple[tuple[str, str], ...] = (
     ("Corelogic Smooth Mouse", "Optical Mouse"),
     ("Hoover Lightspeed", "Cordless Vacuum Cleaner"),
@@ -50,7 +51,13 @@ BLOG_PROMPTS: tuple[tuple[str, str], ...] = (
 
 # --------------------------------------------------------------------------- formatting
 def build_instruction(product: str, category: str) -> str:
+    for what, value in (("product", product), ("category", category)):
+        if not str(value).strip():
+            raise CourseError(f"The {what} is empty: give a {what} name (e.g. --{what} \"{_EXAMPLE[what]}\").")
     return INSTRUCTION.format(product=product, category=category)
+
+
+_EXAMPLE = {"product": "Corelogic Smooth Mouse", "category": "Optical Mouse"}
 
 
 def format_prompt(instruction: str) -> str:
@@ -103,17 +110,64 @@ def load_table(source: str | os.PathLike = "sample") -> pd.DataFrame:
 
 
 def _read_file(path: Path) -> pd.DataFrame:
+    """A table from a CSV, JSONL or parquet file; any problem becomes one sentence naming the file."""
     suffix = path.suffix.lower()
+    if path.is_dir():
+        raise CourseError(f"{path} is a folder, not a data file: pass a .csv, .jsonl or .parquet file.")
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as exc:
+        raise CourseError(f"Cannot read {path} ({exc.strerror or exc}): check the file's permissions.") from None
     # Read every column as text so "0042" stays "0042" whatever the file type.
     if suffix == ".csv":
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    elif suffix in {".jsonl", ".json"}:
-        df = pd.read_json(path, lines=suffix == ".jsonl", dtype=False)
-    elif suffix == ".parquet":
-        df = pd.read_parquet(path)
-    else:
-        raise CourseError(f"Cannot read {path}: use a .csv, .jsonl or .parquet file.")
-    return df
+        try:
+            return pd.read_csv(path, dtype=str, keep_default_na=False)
+        except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+            raise CourseError(f"{path} is not a readable CSV file ({_first_line(exc)}): fix or re-export it.") from None
+    if suffix in {".jsonl", ".json"}:
+        return _read_json(path, lines=suffix == ".jsonl")
+    if suffix == ".parquet":
+        try:
+            return pd.read_parquet(path)
+        except Exception as exc:  # pyarrow raises ArrowInvalid, OSError and others for a file that is not parquet
+            raise CourseError(f"{path} is not a parquet file ({_first_line(exc)}): pass a real parquet file, "
+                              "or give it the suffix of its real format.") from None
+    raise CourseError(f"Cannot read {path}: use a .csv, .jsonl or .parquet file.")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:160] if text else type(exc).__name__
+
+
+def _read_json(path: Path, lines: bool) -> pd.DataFrame:
+    """JSON Lines (one object per line) or a JSON array; a broken line is named by its number."""
+    import json
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise CourseError(f"{path} is not UTF-8 text: a JSON Lines file must be text; re-save it as UTF-8.") from None
+    if not lines:
+        try:
+            return pd.DataFrame(json.loads(text))
+        except (ValueError, TypeError) as exc:
+            raise CourseError(f"{path} is not a JSON array of records ({_first_line(exc)}): fix the file.") from None
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            raise CourseError(f"{path}, line {number}, is not valid JSON ({exc.msg}): fix that line "
+                              "(each line must hold one JSON object).") from None
+        if not isinstance(record, dict):
+            raise CourseError(f"{path}, line {number}, holds a {type(record).__name__}, not an object: "
+                              "each line must be one JSON object with product, category and description.")
+        records.append(record)
+    return pd.DataFrame.from_records(records)
 
 
 def _load_hub(dataset_id: str) -> pd.DataFrame:
@@ -245,10 +299,21 @@ def prepare_data(
         df = df.sample(n=settings.n_rows, random_state=settings.sample_seed)
     report.rows_sampled = len(df)
 
+    test_size = int(settings.test_size) if settings.test_size >= 1 else settings.test_size
+    if isinstance(test_size, int) and test_size >= len(df):
+        raise CourseError(f"A test split of {test_size} rows needs more than the {len(df)} usable rows: "
+                          "lower test_size or pass a larger dataset.")
     ds = datasets.Dataset.from_pandas(df.reset_index(drop=True), preserve_index=False)
-    split = ds.train_test_split(test_size=settings.test_size, seed=settings.split_seed)
-    report.train_rows, report.test_rows = len(split["train"]), len(split["test"])
-    return PreparedData(train=split["train"], test=split["test"], report=report)
+    split = ds.train_test_split(test_size=test_size, seed=settings.split_seed)
+    train = split["train"]
+    if settings.train_rows is not None:
+        if settings.train_rows > len(train):
+            raise CourseError(f"Asked for a slice of {settings.train_rows} training rows but the split has {len(train)}: "
+                              "lower train_rows.")
+        train = train.select(range(settings.train_rows))
+        report.notes.append(f"training on the first {settings.train_rows} rows of the training split only")
+    report.train_rows, report.test_rows = len(train), len(split["test"])
+    return PreparedData(train=train, test=split["test"], report=report)
 
 
 # --------------------------------------------------------------------------- data card

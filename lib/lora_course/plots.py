@@ -1,4 +1,4 @@
-"""Figures for the chapters: losses, metric bars with intervals, parameters vs quality, cost, lengths.
+"""Figures for the chapters: losses, metric bars, paired differences, parameters vs quality, cost, lengths.
 
 Every function builds a `matplotlib.figure.Figure` directly (no pyplot state, so
 it works under any backend, Agg included), returns it (a notebook cell shows
@@ -48,8 +48,12 @@ def _interval(summary: pd.DataFrame, metric: str, run: str) -> tuple[float, floa
     return float(row["mean"]), float(row["ci_low"]), float(row["ci_high"])
 
 
-def metric_bars(summaries: Mapping[str, pd.DataFrame], metric: str, path: str | os.PathLike | None = None) -> Figure:
-    """One bar per run (baseline included): the metric's mean, with its 95% interval as error bar."""
+def metric_bars(summaries: Mapping[str, pd.DataFrame], metric: str, path: str | os.PathLike | None = None,
+                noise: tuple[str, float] | None = None) -> Figure:
+    """One bar per run (baseline included): the metric's mean, with its 95% interval as error bar.
+
+    `noise` = (run, spread) shades the seed-to-seed band around that run's mean.
+    """
     names = list(summaries)
     stats = [_interval(summaries[n], metric, n) for n in names]
     means = [m for m, _, _ in stats]
@@ -57,30 +61,61 @@ def metric_bars(summaries: Mapping[str, pd.DataFrame], metric: str, path: str | 
     fig = Figure(figsize=(max(4, 1.3 * len(names) + 1), 4))
     ax = fig.add_subplot()
     ax.bar(names, means, yerr=errors, capsize=4, color="tab:blue", alpha=0.8)
+    if noise is not None:
+        centre = means[names.index(noise[0])]
+        ax.axhspan(centre - noise[1] / 2, centre + noise[1] / 2, color="tab:orange", alpha=0.25,
+                   label=f"seed-to-seed band of {noise[0]}")
+        ax.legend(fontsize="small")
     ax.set(ylabel=metric, title=f"{metric}: mean and 95% interval")
     ax.tick_params(axis="x", rotation=20)
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
 
 
-def params_vs_quality(
-    points: Mapping[str, tuple[int, float, float, float]],
-    metric: str = "metric",
-    path: str | os.PathLike | None = None,
-) -> Figure:
-    """Trainable parameters (log axis) against a metric's mean and 95% interval, one point per run.
+def differences(diffs, path: str | os.PathLike | None = None, title: str = "Paired differences") -> Figure:
+    """One row per `evidence.Difference`: b's mean improvement over a with its 90% interval,
+    the margin as dashed lines and the seed-to-seed noise floor as a band around zero."""
+    diffs = list(diffs)
+    if not diffs:
+        raise CourseError("No differences to plot: compare at least one pair of runs.")
+    fig = Figure(figsize=(7, 0.7 * len(diffs) + 1.6))
+    ax = fig.add_subplot()
+    for i, d in enumerate(diffs):
+        ax.errorbar([d.mean], [i], xerr=[[d.mean - d.low], [d.high - d.mean]], fmt="o", capsize=4, color="tab:blue")
+        if d.noise:
+            ax.fill_between([-d.noise, d.noise], i - 0.35, i + 0.35, color="tab:orange", alpha=0.25, linewidth=0)
+        ax.plot([d.margin, d.margin], [i - 0.4, i + 0.4], "k--", linewidth=1)
+        ax.plot([-d.margin, -d.margin], [i - 0.4, i + 0.4], "k--", linewidth=1)
+    ax.axvline(0, color="grey", linewidth=0.8)
+    ax.set_yticks(range(len(diffs)), [f"{d.b} vs {d.a}\n({d.metric})" for d in diffs], fontsize="small")
+    ax.set(xlabel="improvement of the second run (positive: better); dashed: margin; band: seed noise", title=title)
+    ax.grid(axis="x", alpha=0.3)
+    ax.invert_yaxis()
+    return _save(fig, path)
 
-    `points` maps a run to (trainable parameters, mean, ci_low, ci_high). A run
-    with 0 trainable parameters (the untuned base model) has no place on a log
-    axis; it is drawn as a dashed horizontal line at its mean.
+
+def params_vs_quality(
+    lines: Mapping[str, list[tuple[int, float]]],
+    metric: str = "held-out response loss",
+    path: str | os.PathLike | None = None,
+    band: tuple[float, float] | None = None,
+    reference: tuple[str, float] | None = None,
+) -> Figure:
+    """Trainable parameters (log axis) against a metric, one line of points per group (e.g. a target set).
+
+    `band` = (low, high) shades the seed-to-seed noise floor; `reference` = (label,
+    value) draws a dashed line, e.g. the untuned base model, which has no place
+    on a log axis.
     """
     fig = Figure(figsize=(7, 4))
     ax = fig.add_subplot()
-    for name, (params, mean, low, high) in points.items():
-        if params <= 0:
-            ax.axhline(mean, linestyle="--", color="grey", label=f"{name} (no training)")
-            continue
-        ax.errorbar([params], [mean], yerr=[[mean - low], [high - mean]], fmt="o", capsize=4, label=name)
+    for name, points in lines.items():
+        pts = sorted(points)
+        ax.plot([p for p, _ in pts], [v for _, v in pts], marker="o", label=name)
+    if band is not None:
+        ax.axhspan(band[0], band[1], color="tab:orange", alpha=0.2, label="seed-to-seed band")
+    if reference is not None:
+        ax.axhline(reference[1], linestyle="--", color="grey", label=reference[0])
     ax.set_xscale("log")
     ax.set(xlabel="trainable parameters (log scale)", ylabel=metric, title=f"{metric} against adapter size")
     ax.grid(alpha=0.3, which="both")
@@ -89,20 +124,44 @@ def params_vs_quality(
 
 
 def cost_bars(costs: Mapping[str, Mapping[str, Any]], path: str | os.PathLike | None = None) -> Figure:
-    """Two panels, one bar per run: wall time (s) and peak memory (MiB), as in metrics.json."""
+    """Two panels, one bar per run: median seconds per optimizer step (the first, warm-up step left out,
+    whiskers min to max) and peak memory (MiB)."""
     names = list(costs)
+    missing = [n for n in names if not {"step_seconds", "peak_memory_mib"} <= set(costs[n])]
+    if missing:
+        raise CourseError(f"Run(s) {', '.join(missing)} lack step_seconds or peak_memory_mib: pass each run's metrics.")
     fig = Figure(figsize=(max(7, 2.2 * len(names)), 4))
-    panels = (("wall_time_s", "wall time (s)"), ("peak_memory_mib", "peak memory (MiB)"))
-    for i, (key, label) in enumerate(panels, start=1):
-        missing = [n for n in names if key not in costs[n]]
-        if missing:
-            raise CourseError(f"Run(s) {', '.join(missing)} lack {key!r}: pass each run's metrics.json dict.")
-        ax = fig.add_subplot(1, 2, i)
-        ax.bar(names, [float(costs[n][key]) for n in names], color="tab:orange" if i == 1 else "tab:green")
-        ax.set(ylabel=label, title=label)
-        ax.tick_params(axis="x", rotation=20)
-        ax.grid(axis="y", alpha=0.3)
+    ax = fig.add_subplot(1, 2, 1)
+    steps = [pd.Series(costs[n]["step_seconds"][1:] or costs[n]["step_seconds"]) for n in names]
+    med = [float(s.median()) for s in steps]
+    ax.bar(names, med, yerr=[[m - float(s.min()) for m, s in zip(med, steps)], [float(s.max()) - m for m, s in zip(med, steps)]],
+           capsize=4, color="tab:orange")
+    ax.set(ylabel="seconds per optimizer step", title="median step (first step left out)")
+    ax.tick_params(axis="x", rotation=20)
+    ax.grid(axis="y", alpha=0.3)
+    ax = fig.add_subplot(1, 2, 2)
+    ax.bar(names, [float(costs[n]["peak_memory_mib"]) for n in names], color="tab:green")
+    ax.set(ylabel="peak memory (MiB)", title="peak memory")
+    ax.tick_params(axis="x", rotation=20)
+    ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
+    return _save(fig, path)
+
+
+def epochs(train_losses: list[Mapping[str, float]], eval_losses: list[Mapping[str, float]], steps_per_epoch: float,
+           path: str | os.PathLike | None = None) -> Figure:
+    """Training loss per step and held-out loss per epoch on one axis of epochs."""
+    if not eval_losses:
+        raise CourseError("No held-out loss per epoch to plot: train with eval_strategy='epoch'.")
+    fig = Figure(figsize=(7, 4))
+    ax = fig.add_subplot()
+    ax.plot([e["step"] / steps_per_epoch for e in train_losses], [e["loss"] for e in train_losses], alpha=0.6,
+            label="training loss (per step)")
+    ax.plot([e["step"] / steps_per_epoch for e in eval_losses], [e["eval_loss"] for e in eval_losses], marker="o",
+            label="held-out loss (after each epoch)")
+    ax.set(xlabel="epoch", ylabel="loss (nats per token)", title="Training and held-out loss over epochs")
+    ax.grid(alpha=0.3)
+    ax.legend()
     return _save(fig, path)
 
 

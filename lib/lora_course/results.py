@@ -1,26 +1,50 @@
-"""Results folders: results/<profile>/<experiment>/ with JSON files and the adapter.
+"""Results: the run types, and the folders they live in. Chapters ask for results by name, never by path.
 
-    config.json     the RunConfig that produced the run
-    metrics.json    wall time, memory, tokens, parameter counts, data report, ...
-    losses.json     per-step training loss (and eval loss per epoch)
-    adapter/        the PEFT adapter (adapter_config.json + weights)
+    results/<profile>/<run>/          one run (see below); <run> is the experiment's name,
+                                      "-seed<N>" appended for another seed
+        config.json                   the RunConfig that produced it (its presence marks a finished run)
+        metrics.json                  wall time, memory, tokens, step times, parameter counts, data report
+        losses.json                   per-step training loss, and eval loss per epoch
+        adapter/                      the PEFT adapter
+        eval.json                     the held-out evaluation, when one was asked for
+    results/<profile>/sweep/<point>/  sweep points, same layout
+    results/<profile>/bench/          benchmark runs and tables
+    results/<profile>/deploy/         latency table, merged model
+    results/<profile>/figures/        the chapters' figures
+    results/mlflow.db                 MLflow's store
 
-Folders are written under a temporary name and renamed when complete, so a
+A run folder is written under a temporary name and renamed when complete, so a
 folder with a config.json is always a finished run.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import shutil
 import tempfile
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 
-def write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+from .config import RunConfig
+from .errors import CourseError
+
+EVAL_FILE = "eval.json"
+
+
+# --------------------------------------------------------------------------- files
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write JSON through a temporary file and a rename: a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
 
 
 def read_json(path: str | Path) -> Any:
@@ -44,50 +68,277 @@ def atomic_dir(target: str | Path):
     tmp.rename(target)
 
 
-def write_run(run) -> None:
-    """Save an ExperimentRun's config, metrics, losses and adapter."""
-    with atomic_dir(run.out_dir) as tmp:
-        # save_embedding_layers=False: an adapter on lm_head would otherwise make PEFT
-        # save the whole (frozen, unchanged) lm_head weight too: 113 MB for SmolLM2.
-        run.model.save_pretrained(tmp / "adapter", save_embedding_layers=False)
-        result = run.result.to_dict()
-        losses = {"train": result.pop("losses"), "eval": result.pop("eval_losses")}
-        result["adapter_dir"] = str(run.out_dir / "adapter")
-        metrics = {
-            "experiment": run.config.experiment.name,
-            "profile": run.config.profile.name,
-            "model": run.config.profile.model,
-            **result,
-            "params": run.params,
-            "data": run.data_report,
+# --------------------------------------------------------------------------- run types
+@dataclass
+class TrainResult:
+    """What one training run measured."""
+
+    losses: list[dict[str, float]]  # [{"step": 1, "loss": 3.2}, ...] per logged step
+    eval_losses: list[dict[str, float]]  # [{"step": 297, "epoch": 1.0, "eval_loss": 2.1}, ...]
+    wall_time_s: float
+    step_seconds: list[float]  # wall time of each optimizer step
+    peak_memory_mib: float
+    memory_kind: str
+    tokens_trained: int  # non-padding tokens seen by the model
+    steps: int
+    world_size: int = 1  # processes that trained together
+    moved_share: dict[str, float] = field(default_factory=dict)  # share of lora_A / lora_B entries that changed
+    adapter_dtype: str = ""  # dtype the adapter trained in
+
+    @property
+    def first_loss(self) -> float:
+        return self.losses[0]["loss"] if self.losses else math.nan
+
+    @property
+    def final_loss(self) -> float:
+        return self.losses[-1]["loss"] if self.losses else math.nan
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens_trained / self.wall_time_s if self.wall_time_s else math.nan
+
+    @property
+    def median_step_seconds(self) -> float:
+        """Median optimizer step, the first (warm-up) step left out when there are others."""
+        steps = self.step_seconds[1:] or self.step_seconds
+        return float(pd.Series(steps).median()) if steps else math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(first_loss=self.first_loss, final_loss=self.final_loss, tokens_per_second=self.tokens_per_second,
+                 median_step_seconds=self.median_step_seconds)
+        return d
+
+
+@dataclass
+class EvalResult:
+    """Per-row metrics (`rows`) and, per metric, mean with 95% bootstrap interval (`summary`)."""
+
+    rows: pd.DataFrame
+    summary: pd.DataFrame  # index: metric; columns: mean, ci_low, ci_high, n
+
+    def to_dict(self) -> dict[str, Any]:
+        # Through pandas' JSON writer: numpy bools and ints become plain JSON values.
+        return {
+            "rows": json.loads(self.rows.to_json(orient="records")),
+            "summary": json.loads(self.summary.to_json(orient="index")),
         }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "EvalResult":
+        summary = pd.DataFrame.from_dict(d["summary"], orient="index")
+        summary.index.name = "metric"
+        return cls(rows=pd.DataFrame(d["rows"]), summary=summary)
+
+
+@dataclass
+class Evaluation:
+    """A model scored on the held-out rows: response loss per row, and with kind "full"
+    also greedy generations for the held-out rows and the post's prompts, with text metrics."""
+
+    name: str
+    kind: str  # "loss" or "full"
+    loss: dict[str, Any]  # loss, perplexity, response_tokens, row_losses, row_tokens
+    heldout: EvalResult | None = None
+    prompt_generations: list[dict[str, Any]] = field(default_factory=list)  # product, category, text, raw, stopped, ...
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "loss": self.loss, "seconds": self.seconds,
+                "heldout": self.heldout.to_dict() if self.heldout is not None else None,
+                "prompt_generations": self.prompt_generations}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Evaluation":
+        heldout = EvalResult.from_dict(d["heldout"]) if d.get("heldout") else None
+        return cls(d["name"], d["kind"], d["loss"], heldout, d.get("prompt_generations", []), d.get("seconds", 0.0))
+
+    def rows(self, metric: str) -> list[float]:
+        """Per-row values of a held-out metric, in the order of the held-out rows."""
+        if metric == "response_loss":
+            return [float(x) for x in self.loss["row_losses"]]
+        if self.heldout is None:
+            raise CourseError(f"Evaluation {self.name!r} scored the response loss only: {metric!r} needs a full evaluation.")
+        if metric not in self.heldout.rows.columns:
+            raise CourseError(f"No metric {metric!r} in evaluation {self.name!r}: choose one of "
+                              f"{', '.join(c for c in self.heldout.rows.columns if c not in ('text', 'raw'))}, "
+                              "response_loss.")
+        return [float(x) for x in self.heldout.rows[metric]]
+
+    def metric(self, name: str) -> float:
+        """Mean of a held-out metric (response loss: token-weighted over all rows)."""
+        if name == "response_loss":
+            return float(self.loss["loss"])
+        return float(sum(self.rows(name)) / len(self.rows(name)))
+
+
+@dataclass
+class Run:
+    """A finished run: its config, measurements, evaluation and (while still held) model."""
+
+    config: RunConfig
+    result: TrainResult | None  # None for a run without training (the base model)
+    params: dict[str, Any]
+    data_report: dict[str, Any]
+    out_dir: Path
+    evaluation: Evaluation | None = None
+    model: Any = None
+    tokenizer: Any = None
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.out_dir / "adapter"
+
+
+def write_run(run: Run) -> None:
+    """Save a run's config, metrics, losses and adapter, all or nothing."""
+    with atomic_dir(run.out_dir) as tmp:
+        if run.config.experiment.lora is not None:
+            # save_embedding_layers=False: an adapter on lm_head would otherwise make PEFT
+            # save the whole (frozen, unchanged) lm_head weight too: 113 MB for SmolLM2.
+            run.model.save_pretrained(tmp / "adapter", save_embedding_layers=False)
+        result = run.result.to_dict() if run.result is not None else {}
+        losses = {"train": result.pop("losses", []), "eval": result.pop("eval_losses", [])}
+        metrics = {"run": run.name, "experiment": run.config.experiment.name, "profile": run.config.profile.name,
+                   "model": run.config.profile.model, **result, "params": run.params, "data": run.data_report}
         write_json(tmp / "metrics.json", metrics)
         write_json(tmp / "losses.json", losses)
         # config.json last: its presence marks a complete run.
         (tmp / "config.json").write_text(run.config.to_json() + "\n")
-    run.result.adapter_dir = str(run.out_dir / "adapter")
 
 
-def load_run(out_dir: str | Path):
-    """The finished ExperimentRun in `out_dir` (without a model), or None."""
-    from .config import RunConfig
-    from .train import ExperimentRun, TrainResult
-
+def load_run(out_dir: str | Path) -> Run | None:
+    """The finished run in `out_dir` (without a model), or None."""
     out_dir = Path(out_dir)
     if not (out_dir / "config.json").exists():
         return None
     config = RunConfig.from_json((out_dir / "config.json").read_text())
     metrics = read_json(out_dir / "metrics.json")
     losses = read_json(out_dir / "losses.json")
-    result = TrainResult(
-        losses=losses["train"],
-        eval_losses=losses["eval"],
-        wall_time_s=metrics["wall_time_s"],
-        peak_memory_mib=metrics["peak_memory_mib"],
-        memory_kind=metrics["memory_kind"],
-        tokens_trained=metrics["tokens_trained"],
-        steps=metrics["steps"],
-        adapter_dir=str(out_dir / "adapter"),
-        metrics=metrics.get("metrics", {}),
-    )
-    return ExperimentRun(config, result, metrics["params"], metrics["data"], out_dir)
+    result = None
+    if "wall_time_s" in metrics:
+        result = TrainResult(
+            losses=losses["train"], eval_losses=losses["eval"], wall_time_s=metrics["wall_time_s"],
+            step_seconds=metrics["step_seconds"], peak_memory_mib=metrics["peak_memory_mib"],
+            memory_kind=metrics["memory_kind"], tokens_trained=metrics["tokens_trained"], steps=metrics["steps"],
+            world_size=metrics.get("world_size", 1), moved_share=metrics.get("moved_share", {}),
+            adapter_dtype=metrics.get("adapter_dtype", ""),
+        )
+    evaluation = load_evaluation(out_dir)
+    return Run(config, result, metrics["params"], metrics["data"], out_dir, evaluation)
+
+
+def load_evaluation(out_dir: str | Path) -> Evaluation | None:
+    path = Path(out_dir) / EVAL_FILE
+    return Evaluation.from_dict(read_json(path)["evaluation"]) if path.exists() else None
+
+
+# --------------------------------------------------------------------------- the layout
+@dataclass(frozen=True)
+class LatencyRow:
+    """Wall time to generate a fixed number of tokens for a batch of prompts, over repeated runs."""
+
+    median_s: float
+    min_s: float
+    max_s: float
+    repeats: int
+    new_tokens: int  # generated per prompt in each run
+    prompts: int
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.new_tokens * self.prompts / self.median_s
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "tokens_per_second": self.tokens_per_second}
+
+
+@dataclass(frozen=True)
+class LatencyTable:
+    """Generation latency of the base model, the base with the adapter unmerged, and the merged model."""
+
+    base: LatencyRow
+    unmerged: LatencyRow
+    merged: LatencyRow
+
+    LABELS = {"base": "base", "unmerged": "base + adapter (unmerged)", "merged": "merged"}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k).to_dict() for k in self.LABELS}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "LatencyTable":
+        def row(x):
+            return LatencyRow(**{k: v for k, v in x.items() if k != "tokens_per_second"})
+
+        return cls(**{k: row(d[k]) for k in cls.LABELS})
+
+    def frame(self) -> pd.DataFrame:
+        """One row per model, labelled for a reader."""
+        return pd.DataFrame({self.LABELS[k]: getattr(self, k).to_dict() for k in self.LABELS}).T[
+            ["median_s", "min_s", "max_s", "tokens_per_second"]]
+
+
+class Results:
+    """The results of one profile: every chapter reads and writes through this object.
+
+    `chapter` arguments name the chapter that makes a result, so a missing one
+    says which chapter to run first.
+    """
+
+    def __init__(self, root: str | Path, profile: str):
+        self.root = Path(root)
+        self.profile = profile
+
+    @property
+    def dir(self) -> Path:
+        return self.root / self.profile
+
+    def path(self, *parts: str) -> Path:
+        """results/<profile>/<parts...>, its parent folder created."""
+        p = self.dir.joinpath(*parts)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def figure(self, name: str) -> Path:
+        return self.path("figures", name)
+
+    def run(self, name: str, chapter: str | None = None) -> Run | None:
+        """The finished run called `name`; with `chapter`, a missing run is an error naming it."""
+        run = load_run(self.dir / name)
+        if run is None and chapter is not None:
+            raise CourseError(f"No finished run {name!r} in {self.dir}: run {chapter} first, at profile {self.profile!r}.")
+        return run
+
+    def evaluation(self, name: str, chapter: str | None = None) -> Evaluation | None:
+        ev = load_evaluation(self.dir / name)
+        if ev is None and chapter is not None:
+            raise CourseError(f"No evaluation of {name!r} in {self.dir}: run {chapter} first, at profile {self.profile!r}.")
+        return ev
+
+    def save_latency(self, table: LatencyTable) -> None:
+        write_json(self.path("deploy", "latency.json"), table.to_dict())
+
+    def latency(self, chapter: str | None = "chapter 5") -> LatencyTable | None:
+        path = self.dir / "deploy" / "latency.json"
+        if not path.exists():
+            if chapter is not None:
+                raise CourseError(f"No latency table in {path.parent}: run {chapter} first, at profile {self.profile!r}.")
+            return None
+        return LatencyTable.from_dict(read_json(path))
+
+    def save_table(self, name: str, obj: Any) -> Path:
+        """A chapter's own small result, as results/<profile>/tables/<name>.json."""
+        path = self.path("tables", f"{name}.json")
+        write_json(path, obj)
+        return path
+
+    def table(self, name: str, chapter: str) -> Any:
+        path = self.dir / "tables" / f"{name}.json"
+        if not path.exists():
+            raise CourseError(f"No result {name!r} in {path.parent}: run {chapter} first, at profile {self.profile!r}.")
+        return read_json(path)

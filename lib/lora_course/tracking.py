@@ -24,10 +24,6 @@ from typing import Any, Iterator, Mapping
 
 from .config import RunConfig
 
-# MLflow prints run links to stdout after each run on a tracking server; the
-# course prints its own summary instead.
-os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-
 DB_NAME = "mlflow.db"
 MAX_PARAM_CHARS = 6000  # MLflow rejects longer parameter values
 # MLflow's limits per log_batch call.
@@ -151,6 +147,9 @@ class Tracker:
 
 
 def _open(config: RunConfig, run_name: str | None) -> Tracker:
+    # MLflow prints run links to stdout after each run on a tracking server; the
+    # course prints its own summary instead.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     import mlflow  # noqa: F401  (its import configures the loggers that _quiet_mlflow then lowers)
     from mlflow.tracking import MlflowClient
 
@@ -171,7 +170,7 @@ def _open(config: RunConfig, run_name: str | None) -> Tracker:
     )
     run = client.create_run(
         experiment_id,
-        run_name=run_name or config.experiment.name,
+        run_name=run_name or config.name,
         tags={"experiment": config.experiment.name, "profile": config.profile.name, "model": config.profile.model},
     )
     return Tracker(client, run.info.run_id)

@@ -1,0 +1,125 @@
+"""Memory: what QLoRA training holds, by arithmetic from a model's shapes, and weights measured as loaded.
+
+    nf4_bits_per_weight(double_quant)      4 bits plus the block constants
+    training_memory(model, r, targets, ...) bytes per component for one GPU, as a table
+    sharded(table, gpus, strategy)          what DDP, FSDP and FSDP+QLoRA leave on each GPU
+    weights_footprint(profile, quantization, dtype)   bytes of the weights as loaded, measured
+
+The arithmetic, in bytes (b = micro-batch rows, s = sequence length, h = hidden
+size, i = MLP width, L = layers, V = vocabulary):
+    quantised linear weights    params x bits_per_weight / 8
+    other weights (embeddings, lm_head, norms)   params x 4 (fp32 after prepare_model_for_kbit_training)
+    adapter, its gradient       trainable x 4 each (fp32)
+    AdamW state                 trainable x 8 (two fp32 moments; paged optimizers move them to the
+                                CPU under pressure, they do not shrink them)
+    activations, checkpointed   L x b x s x h x 2 (each block's input, 16-bit), plus one block
+                                recomputed at a time: b x s x (6 h + 3 i) x 2
+    logits                      b x s x V x 4 x 2 (fp32 logits and their gradient)
+Attention scores are left out (SDPA kernels do not store them); allocator
+overhead and the CUDA context (a few hundred MB) come on top.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from .errors import CourseError
+
+NF4_BLOCK = 64  # weights per absmax constant
+DOUBLE_QUANT_BLOCK = 256  # absmax constants per second-level constant
+
+
+def nf4_bits_per_weight(double_quant: bool = True) -> float:
+    """4 bits per weight plus the block constants: 32 bits per 64 weights, or with double
+    quantisation 8 bits per 64 weights and 32 bits per 256 blocks of them."""
+    if double_quant:
+        return 4 + 8 / NF4_BLOCK + 32 / (NF4_BLOCK * DOUBLE_QUANT_BLOCK)
+    return 4 + 32 / NF4_BLOCK
+
+
+@dataclass(frozen=True)
+class Shapes:
+    hidden: int
+    intermediate: int
+    layers: int
+    vocab: int
+    linear_params: int  # weights of the blocks' linear layers (quantised by QLoRA)
+    other_params: int  # embeddings, lm_head, norms (kept in float)
+
+
+def shapes(model_name: str) -> Shapes:
+    from torch import nn
+
+    from .model import architecture_config, count_parameters, meta_model
+
+    cfg = architecture_config(model_name)
+    model = meta_model(model_name)
+    linear = sum(m.weight.numel() for n, m in model.named_modules()
+                 if isinstance(m, nn.Linear) and not n.endswith("lm_head"))
+    total = count_parameters(model)
+    return Shapes(cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.vocab_size, linear, total - linear)
+
+
+def training_memory(model_name: str, r: int = 8, target_modules="all-linear", batch: int = 4, seq_len: int = 256,
+                    activation_checkpointing: bool = True, quantization: str = "nf4") -> pd.Series:
+    """Bytes per component of a LoRA run on one device, by the arithmetic in this module's docstring."""
+    from .lora import count_lora_parameters
+    from .model import meta_model
+
+    if quantization not in ("nf4", "int8", "none"):
+        raise CourseError(f"Unknown quantization {quantization!r}: use nf4, int8 or none.")
+    s = shapes(model_name)
+    trainable = count_lora_parameters(meta_model(model_name), r, target_modules).trainable
+    bits = {"nf4": nf4_bits_per_weight(True), "int8": 8 + 32 / 4096, "none": 16}[quantization]
+    if activation_checkpointing:
+        activations = s.layers * batch * seq_len * s.hidden * 2 + batch * seq_len * (6 * s.hidden + 3 * s.intermediate) * 2
+    else:
+        activations = s.layers * batch * seq_len * (6 * s.hidden + 3 * s.intermediate) * 2
+    return pd.Series({
+        "quantised linear weights": s.linear_params * bits / 8,
+        "other weights (fp32)": s.other_params * 4.0,
+        "adapter (fp32)": trainable * 4.0,
+        "adapter gradients": trainable * 4.0,
+        "AdamW state": trainable * 8.0,
+        "activations": float(activations),
+        "logits and their gradient": batch * seq_len * s.vocab * 4.0 * 2,
+    }, name=model_name)
+
+
+def sharded(memory: pd.Series, gpus: int, strategy: str) -> pd.Series:
+    """Bytes per GPU under a data-parallel strategy, from `training_memory`'s table.
+
+    ddp          every GPU holds a full copy of everything; each runs its own micro-batch
+    fsdp         weights, adapter, gradients and optimizer state split across the GPUs
+    fsdp-qlora   the same with the 4-bit weights split too (stored in a float dtype FSDP can flatten)
+    """
+    if strategy not in ("ddp", "fsdp", "fsdp-qlora"):
+        raise CourseError(f"Unknown strategy {strategy!r}: use ddp, fsdp or fsdp-qlora.")
+    per_gpu = memory.copy()
+    if strategy != "ddp":
+        split = ["other weights (fp32)", "adapter (fp32)", "adapter gradients", "AdamW state"]
+        if strategy == "fsdp-qlora":
+            split.append("quantised linear weights")
+        per_gpu[split] = per_gpu[split] / gpus
+    return per_gpu
+
+
+def weights_footprint(profile, quantization: str, dtype: str = "fp32") -> int:
+    """Bytes of a profile's model weights as loaded (transformers' get_memory_footprint), no compute.
+
+    `dtype` is the float dtype of the unquantised weights; "bf16" here only
+    stores them, it runs nothing.
+    """
+    import dataclasses
+
+    from .model import load_model
+    from .precision import resolve_precision
+
+    settings = dataclasses.replace(profile.precision, compute_dtype=dtype)
+    model = load_model(profile, quantization, resolve_precision(settings, profile.device))
+    try:
+        return int(model.get_memory_footprint())
+    finally:
+        del model

@@ -1,0 +1,83 @@
+"""What the post reported and claimed, as data: its figures, its conclusions, its trainer arguments.
+
+Chapters put the course's measurements beside these; `evidence.judge` turns
+each claim into a verdict. Nothing here is measured by the course.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+# What the post reports for its four runs (one A100 80 GB, 3 epochs of 4,750 rows).
+# Times are the post's approximate figures; None where it gives none.
+REPORTED: dict[str, dict[str, Any]] = {
+    "qlora-r8-qv": {"trainable": 2_662_400, "minutes": 12.0,
+                    "verdict": "coherent but short; one self-referential sentence"},
+    "qlora-r16-qv": {"trainable": 5_324_800, "minutes": None,
+                     "verdict": "no visible change from r=8"},
+    "qlora-r8-all": {"trainable": 12_994_560, "minutes": 15.5,
+                     "verdict": "the best: longest, logically sound text"},
+    "lora8bit-r8-all": {"trainable": 12_994_560, "minutes": None,
+                        "verdict": "not visibly better than 4-bit QLoRA"},
+}
+
+# The eval loss the companion code logged for experiment 1, by optimizer step (epoch 1 and epoch 3).
+EVAL_LOSS: dict[int, float] = {297: 2.08, 891: 1.93}
+TRAIN_ROWS = 4750
+EPOCHS = 3
+POST_PROMPT_COUNT = 2  # the post shows two unseen products; the companion code adds a third
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One conclusion, as a comparison the course can run: `candidate` against `reference`.
+
+    kind "better":    the candidate is better than the reference
+    kind "no_better": the candidate is no better than the reference (within a margin)
+    kind "latency":   merging removes the unmerged adapter's generation cost
+    """
+
+    key: str
+    text: str
+    source: str  # who claims it
+    kind: Literal["better", "no_better", "latency"]
+    reference: str = ""
+    candidate: str = ""
+
+
+CLAIMS: tuple[Claim, ...] = (
+    Claim("rank", "Beyond some point a larger r does not help (r = 16 is no better than r = 8 on q/v)", "the post",
+          "no_better", reference="qlora-r8-qv", candidate="qlora-r16-qv"),
+    Claim("targets", "Adapting every linear layer beats q/v only (r = 8)", "the post",
+          "better", reference="qlora-r8-qv", candidate="qlora-r8-all"),
+    Claim("8bit", "8-bit LoRA is no better than 4-bit QLoRA (r = 8, all linear)", "the post",
+          "no_better", reference="qlora-r8-all", candidate="lora8bit-r8-all"),
+    Claim("16bit", "A 16-bit base is no better than a 4-bit one (r = 8, all linear)", "the QLoRA paper",
+          "no_better", reference="qlora-r8-all", candidate="lora-r8-all"),
+    Claim("merge", "Merging removes the adapter's latency", "the post", "latency"),
+)
+
+# The companion code's trainer arguments (2023 names) and what each became in this
+# course's TrainSettings / PrecisionSettings (transformers 5, TRL 1.x names).
+TRAINER_NAMES: tuple[tuple[str, Any, str, Any], ...] = (
+    # (post's name, post's value, today's field, today's value)
+    ("per_device_train_batch_size", 4, "per_device_train_batch_size", 4),
+    ("gradient_accumulation_steps", 4, "gradient_accumulation_steps", 4),
+    ("optim", "adamw_hf", "optim", "adamw_torch"),  # transformers' own AdamW was removed; torch's is the same algorithm
+    ("learning_rate", 1e-5, "learning_rate", 1e-5),
+    ("max_grad_norm", 0.3, "max_grad_norm", 0.3),
+    ("warmup_ratio", 0.03, "warmup_steps", 0.03),  # a float below 1 is a share of all steps
+    ("lr_scheduler_type", "linear", "lr_scheduler_type", "linear"),
+    ("num_train_epochs", 3, "num_train_epochs", 3),
+    ("fp16", True, "precision.mixed_precision", "fp16"),
+    ("group_by_length", True, "train_sampling_strategy", "group_by_length"),
+    ("evaluation_strategy", "epoch", "eval_strategy", "epoch"),
+    ("save_strategy", "epoch", "save_strategy", "epoch"),
+    ("max_seq_length", 256, "max_length", 256),
+    ("packing", False, "packing", False),
+    ("gradient_checkpointing", True, "activation_checkpointing", True),  # prepare_model_for_kbit_training's default
+    ("bnb_4bit_compute_dtype", "bfloat16", "precision.compute_dtype", "bf16"),
+)
+HUB_DATASET_ROWS = 21_183  # rows in the hub dataset, from its card
+
