@@ -9,6 +9,8 @@ TORCH   ?= torch==2.13.0
 PROFILE ?= cpu
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
+# One cache of converted checkpoints (the smoke model, SmolLM2) for the tests and the book.
+export LORA_COURSE_CACHE ?= $(CURDIR)/.cache/lora_course
 
 .PHONY: setup book check-book test bench clean
 EXPERIMENT ?= qlora-r8-qv

@@ -65,11 +65,17 @@ def test_every_subcommand_answers_bad_input_in_one_sentence(command, capsys, tmp
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
-def test_every_subcommand_has_help(command):
-    out = subprocess.run([sys.executable, "-m", "lora_course", command, "--help"], capture_output=True, text=True)
-    assert out.returncode == 0
-    assert out.stdout.startswith(f"usage: python -m lora_course {command}")
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as stop:
+        build_parser().parse_args([command, "--help"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: python -m lora_course {command}")
     assert set(COMMANDS) == set(build_parser()._subparsers._group_actions[0].choices)
+
+
+def test_the_module_entry_point_prints_help():
+    out = subprocess.run([sys.executable, "-m", "lora_course", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("usage: python -m lora_course")
 
 
 @pytest.mark.parametrize("r", ["0", "-4"])

@@ -255,6 +255,15 @@ def test_evaluate_generations_with_references_round_trips_json():
     assert back.rows["runs_on"].tolist() == [False, False, True]
 
 
+def test_wrap_keeps_line_breaks_and_width():
+    from lora_course.generate import wrap
+
+    text = "word " * 40 + "\n\n" + "short line"
+    out = wrap(text.strip(), 30)
+    assert max(len(line) for line in out.splitlines()) <= 30
+    assert out.endswith("\n\nshort line") and out.replace("\n", " ").split() == text.split()
+
+
 def test_behaviours_name_what_generations_do():
     gens = [
         _gen("1. A lamp\n2. A shade\n3. A cord", 16, False),

@@ -112,9 +112,11 @@ def setup_chapter(profile: str, seed: int = 42, results_dir: str | os.PathLike =
     model = spec.hub_id or spec.description.split(",")[0]
     glue_text("profile", prof.name)
     glue_text("model", model)
-    print(", ".join(f"{k} {v}" for k, v in environment_report().items()))
-    print(f"Numbers on this page: profile {prof.name!r}, model {model}, seed {seed}; "
-          f"precision {for_profile(prof).describe()}; results in {ctx.results.dir}")
+    import textwrap
+
+    print(textwrap.fill(", ".join(f"{k} {v}" for k, v in environment_report().items()), 88))
+    print(textwrap.fill(f"Numbers on this page: profile {prof.name!r}, model {model}, seed {seed}; "
+                        f"precision {for_profile(prof).describe()}; results in {ctx.results.dir}", 88))
     return ctx
 
 
@@ -297,11 +299,11 @@ class ClaimError(AssertionError):
     """A sentence of the book that the data contradict."""
 
 
-def glue_text(name: str, value, fmt: str = "{}"):
+def glue_text(name: str, value, fmt: str = "{}") -> None:
     """Glue `value`, formatted with `fmt`, for use as {glue:text}`name` in a chapter's prose.
 
     Every number in the prose comes through here, so it is the value the
-    notebook computed, formatted once. Returns `value` for chaining.
+    notebook computed, formatted once.
     """
     from myst_nb import glue
 

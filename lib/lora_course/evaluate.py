@@ -196,7 +196,7 @@ _YEAR_OR_DATE = re.compile(
 BEHAVIOURS = {
     "never stops": lambda g, limit: not stopped(g.raw, g.new_tokens, limit),
     "runs on into a new block": lambda g, limit: runs_on(g.raw),
-    "repeats a sentence": lambda g, limit: has_repeated_sentence(g.raw.split(END_MARKER, 1)[0]),
+    "repeats a sentence": lambda g, limit: has_repeated_sentence(g.text),
     "writes a numbered list": lambda g, limit: len(_NUMBERED.findall(g.raw)) >= 2,
     "mentions a year or a date": lambda g, limit: bool(_YEAR_OR_DATE.search(g.raw)),
 }

@@ -21,6 +21,13 @@ class Generation:
     seconds: float  # wall time of the batch this row was generated in
 
 
+def wrap(text: str, width: int = 88) -> str:
+    """Text broken into lines of at most `width` characters, its own line breaks kept (for printing)."""
+    import textwrap
+
+    return "\n".join(textwrap.fill(line, width) if line.strip() else line for line in text.split("\n"))
+
+
 def cut_response(raw: str) -> str:
     """The response part of a generation: up to the first "###" marker, stripped."""
     return raw.split("###", 1)[0].strip()

@@ -162,23 +162,24 @@ def snapshot_adapter(model: nn.Module) -> dict[str, torch.Tensor]:
 
 # --------------------------------------------------------------------------- from scratch
 class ScratchLoRALinear(nn.Module):
-    """LoRA around a frozen linear layer, written out: y = W x + (lora_alpha / r) * B A dropout(x).
+    """LoRA around a frozen linear layer: y = W x + (lora_alpha / r) B A dropout(x).
 
-    The teaching twin of PEFT's `lora.Linear` (chapter 3 prints this class and
-    checks it against PEFT's layer with the same A and B).
+    The teaching twin of PEFT's `lora.Linear` (chapter 3 prints this class
+    and checks it against PEFT's layer with the same A and B).
     """
 
-    def __init__(self, base: nn.Linear, r: int, lora_alpha: float, lora_dropout: float = 0.0):
+    def __init__(self, base: nn.Linear, r: int, lora_alpha: float, lora_dropout=0.0):
         super().__init__()
         self.base = base.requires_grad_(False)  # W stays frozen
         self.lora_A = nn.Parameter(torch.empty(r, base.in_features))  # r x in
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r))  # out x r: B A = 0 at the start
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r))  # out x r
         nn.init.kaiming_uniform_(self.lora_A, a=5**0.5)  # PEFT's default for A
-        self.scaling = lora_alpha / r
+        self.scaling = lora_alpha / r  # B = 0 at the start, so B A = 0
         self.dropout = nn.Dropout(lora_dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + self.scaling * (self.dropout(x) @ self.lora_A.T @ self.lora_B.T)
+        update = self.dropout(x) @ self.lora_A.T @ self.lora_B.T
+        return self.base(x) + self.scaling * update
 
 
 def trainable_by_rank(model: nn.Module, ranks, target_sets: dict[str, object]):

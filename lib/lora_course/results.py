@@ -331,11 +331,9 @@ class Results:
             return None
         return LatencyTable.from_dict(read_json(path))
 
-    def save_table(self, name: str, obj: Any) -> Path:
+    def save_table(self, name: str, obj: Any) -> None:
         """A chapter's own small result, as results/<profile>/tables/<name>.json."""
-        path = self.path("tables", f"{name}.json")
-        write_json(path, obj)
-        return path
+        write_json(self.path("tables", f"{name}.json"), obj)
 
     def table(self, name: str, chapter: str) -> Any:
         path = self.dir / "tables" / f"{name}.json"
