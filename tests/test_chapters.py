@@ -78,6 +78,14 @@ def test_executed_chapter_output_has_no_warnings(path, executed):
     assert any("Numbers on this page: profile 'smoke'" in t for t in outputs)
     injected = [c for c in nb["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
     assert len(injected) == 1 and "remove-cell" in injected[0]["metadata"]["tags"]
+    # No cell ends by echoing a bare number, string or path that the prose already glues.
+    results = ["".join(o["data"]["text/plain"]).strip() for c in _cells(nb, "code") for o in c["outputs"]
+               if o.get("output_type") == "execute_result" and set(o["data"]) == {"text/plain"}]
+    echoed = [r for r in results if STRAY_REPR.fullmatch(r)]
+    assert echoed == []
+
+
+STRAY_REPR = re.compile(r"np\.float64\(.*\)|\w*Path\(.*\)|-?[\d.]+(e[-+]?\d+)?|'[^'\n]*'|None")
 
 
 def test_figures_render_as_images(executed):

@@ -45,5 +45,6 @@ def test_points_are_trained_once_cached_and_failures_reported(tmp_path):
     table = sweep_table(again)
     assert list(table.index) == ["qv-r2", "qv-r2-lr", "broken"]
     assert table.loc["qv-r2-lr", "learning_rate"] == 1e-5 and pd.isna(table.loc["broken", "response_loss"])
+    assert table.loc["qv-r2", "learning_rate"] == table.loc["broken", "learning_rate"] == profile.train.learning_rate
     # A failed point leaves no folder behind; finished ones are ordinary run folders.
     assert sorted(p.name for p in (tmp_path / "smoke" / "sweep").iterdir()) == ["qv-r2", "qv-r2-lr"]

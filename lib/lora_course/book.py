@@ -310,7 +310,6 @@ def glue_text(name: str, value, fmt: str = "{}") -> None:
     # Glued as a str: its text form is the quoted repr, which {glue:text} unquotes
     # (a bare 21,183 would be read back as the tuple (21, 183)).
     glue(name, fmt.format(value), display=False)
-    return value
 
 
 def say(name: str, condition: bool, if_true: str, if_false: str) -> None:

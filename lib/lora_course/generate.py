@@ -106,14 +106,19 @@ def generate(model, tokenizer, prompts: str | list[str], max_new_tokens: int = 1
 
 
 def measure_latency(model, tokenizer, prompts: list[str], new_tokens: int = 32, repeats: int = 5, warmup: int = 1) -> LatencyRow:
-    """Median wall time of greedy generation of exactly `new_tokens` tokens per prompt.
+    """Median wall time of greedy generation of exactly `new_tokens` tokens per prompt."""
+    times = time_generation(model, tokenizer, prompts, new_tokens, repeats, warmup)
+    return LatencyRow.from_times(times, new_tokens, len(prompts))
+
+
+def time_generation(model, tokenizer, prompts: list[str], new_tokens: int = 32, repeats: int = 5,
+                    warmup: int = 1) -> list[float]:
+    """Wall time (s) of each of `repeats` greedy generations of exactly `new_tokens` tokens per prompt.
 
     Stopping is switched off (min_new_tokens = max_new_tokens, no stop strings)
-    so that every model does the same amount of work; one untimed warm-up run
-    comes first.
+    so that every model does the same amount of work; `warmup` untimed runs
+    come first.
     """
-    import statistics
-
     times = []
     for i in range(warmup + repeats):
         start = perf_counter()
@@ -122,4 +127,4 @@ def measure_latency(model, tokenizer, prompts: list[str], new_tokens: int = 32, 
         elapsed = perf_counter() - start
         if i >= warmup:
             times.append(elapsed)
-    return LatencyRow(statistics.median(times), min(times), max(times), repeats, new_tokens, len(prompts))
+    return times

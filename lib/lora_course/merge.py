@@ -16,7 +16,7 @@ import torch
 from .config import ModelSpec, Profile
 from .errors import CourseError
 from .precision import Precision
-from .results import LatencyTable
+from .results import LatencyRow, LatencyTable
 
 
 def load_adapter_model(model: str | ModelSpec | Profile, adapter_dir: str | Path, quantization: str = "none",
@@ -260,10 +260,13 @@ def measure_serving_latency(profile: Profile, adapter_dir: str | Path, prompts: 
                             repeats: int = 5) -> LatencyTable:
     """Generation latency of the base, the base with the adapter unmerged, and the merged model.
 
-    All three in float on the profile's device, one at a time, the same prompts
-    and exactly `new_tokens` new tokens each (see `generate.measure_latency`).
+    All three in float on the profile's device, one at a time (one model in
+    memory), the same prompts and exactly `new_tokens` new tokens each (see
+    `generate.time_generation`). The base is timed first and again last, and
+    its row pools both: a machine whose speed drifts during the measurement
+    widens the base's spread instead of favouring whichever model ran first.
     """
-    from .generate import measure_latency
+    from .generate import time_generation
     from .model import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(profile)
@@ -272,9 +275,9 @@ def measure_serving_latency(profile: Profile, adapter_dir: str | Path, prompts: 
         "unmerged": lambda: load_adapter_model(profile, adapter_dir, "none"),
         "merged": lambda: merge_adapter(load_adapter_model(profile, adapter_dir, "none")),
     }
-    rows = {}
-    for key, make in makers.items():
-        model = make()
-        rows[key] = measure_latency(model, tokenizer, prompts, new_tokens, repeats)
+    times: dict[str, list[float]] = {key: [] for key in makers}
+    for key in ("base", "unmerged", "merged", "base"):
+        model = makers[key]()
+        times[key] += time_generation(model, tokenizer, prompts, new_tokens, repeats)
         del model
-    return LatencyTable(**rows)
+    return LatencyTable(**{key: LatencyRow.from_times(t, new_tokens, len(prompts)) for key, t in times.items()})

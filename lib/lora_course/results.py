@@ -256,6 +256,10 @@ class LatencyRow:
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "tokens_per_second": self.tokens_per_second}
 
+    @classmethod
+    def from_times(cls, times: list[float], new_tokens: int, prompts: int) -> "LatencyRow":
+        return cls(float(pd.Series(times).median()), min(times), max(times), len(times), new_tokens, prompts)
+
 
 @dataclass(frozen=True)
 class LatencyTable:

@@ -64,6 +64,7 @@ class PointResult:
     losses: list[dict] | None = None
     seconds: float | None = None  # training wall time
     step_seconds: float | None = None  # median optimizer step
+    learning_rate: float | None = None  # the point's own, or the profile's
 
 
 def run_sweep(points: Sequence[SweepPoint], profile: Profile, results_dir="results") -> list[PointResult]:
@@ -79,11 +80,13 @@ def run_sweep(points: Sequence[SweepPoint], profile: Profile, results_dir="resul
         try:
             r = run(config, evaluate="loss")
         except (CourseError, RuntimeError, ValueError) as exc:  # one broken point must not hide the others
-            out.append(PointResult(point, f"failed: {' '.join(str(exc).split())[:200]}"))
+            out.append(PointResult(point, f"failed: {' '.join(str(exc).split())[:200]}",
+                                   learning_rate=config.profile.train.learning_rate))
             continue
         out.append(PointResult(point, "cached" if cached else "trained", r.params["trainable"],
                                r.evaluation.loss["loss"], r.evaluation.loss["row_losses"], r.result.losses,
-                               r.result.wall_time_s, r.result.median_step_seconds))
+                               r.result.wall_time_s, r.result.median_step_seconds,
+                               config.profile.train.learning_rate))
     return out
 
 
@@ -95,7 +98,7 @@ def sweep_table(results: Sequence[PointResult]) -> pd.DataFrame:
         rows.append({"point": r.point.name, "group": r.point.group, "r": lora.r,
                      "targets": "q, v" if lora.target_modules == ATTENTION_QV else "all linear",
                      "lora_alpha": lora.lora_alpha, "rslora": lora.use_rslora, "dora": lora.use_dora,
-                     "scaling": round(lora.scaling, 4), "learning_rate": r.point.train.get("learning_rate"),
+                     "scaling": round(lora.scaling, 4), "learning_rate": r.learning_rate,
                      "seed": r.point.seed, "trainable": r.trainable, "response_loss": r.response_loss,
                      "s/step": r.step_seconds, "status": r.status})
     return pd.DataFrame(rows).set_index("point")
