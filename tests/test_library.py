@@ -272,9 +272,11 @@ def test_merge_into_float_base_matches_adapter_model(smoke_run):
 
 
 def test_nf4_rounding_counts_codes_that_do_not_move(smoke_run):
-    from lora_course.merge import nf4_rounding, zero_update
+    from lora_course.merge import float_adapted_layers, nf4_rounding, zero_update
 
     model = load_adapter_model("smoke-llama", smoke_run.adapter_dir, "nf4")
+    # The 4-bit load keeps lm_head in float: its update is the one part a merge into NF4 keeps exactly.
+    assert float_adapted_layers(model) == ["lm_head"]
     sizes = nf4_rounding(model)
     assert sizes["median_abs_update"] > 0 and sizes["median_nf4_step"] > sizes["median_abs_update"]
     zero_update(model)

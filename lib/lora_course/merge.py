@@ -132,6 +132,18 @@ def merge_and_check(model: str | ModelSpec | Profile, adapter_dir: str | Path, t
 
 # --------------------------------------------------------------------------- what a 4-bit merge loses
 @torch.no_grad()
+def float_adapted_layers(peft_model) -> list[str]:
+    """Names (last part) of the adapted layers whose base weight is not 4-bit, e.g. a tied lm_head.
+
+    A merge into the 4-bit model adds their updates to a float weight, exactly.
+    """
+    import bitsandbytes as bnb
+
+    return sorted({name.rsplit(".", 1)[-1] for name, module in peft_model.named_modules()
+                   if hasattr(module, "get_delta_weight") and hasattr(module, "base_layer")
+                   and not isinstance(module.base_layer, bnb.nn.Linear4bit)})
+
+
 def nf4_rounding(peft_model) -> dict[str, float]:
     """For every adapter on a 4-bit layer: how the update compares with the 4-bit grid it is merged into.
 
