@@ -112,11 +112,11 @@ def setup_chapter(profile: str, seed: int = 42, results_dir: str | os.PathLike =
     model = spec.hub_id or spec.description.split(",")[0]
     glue_text("profile", prof.name)
     glue_text("model", model)
-    import textwrap
+    from .generate import wrap
 
-    print(textwrap.fill(", ".join(f"{k} {v}" for k, v in environment_report().items()), 88))
-    print(textwrap.fill(f"Numbers on this page: profile {prof.name!r}, model {model}, seed {seed}; "
-                        f"precision {for_profile(prof).describe()}; results in {ctx.results.dir}", 88))
+    print(wrap(", ".join(f"{k} {v}" for k, v in environment_report().items())))
+    print(wrap(f"Numbers on this page: profile {prof.name!r}, model {model}, seed {seed}; "
+               f"precision {for_profile(prof).describe()}; results in {ctx.results.dir}"))
     return ctx
 
 

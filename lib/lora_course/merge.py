@@ -131,7 +131,6 @@ def merge_and_check(model: str | ModelSpec | Profile, adapter_dir: str | Path, t
 
 
 # --------------------------------------------------------------------------- what a 4-bit merge loses
-@torch.no_grad()
 def float_adapted_layers(peft_model) -> list[str]:
     """Names (last part) of the adapted layers whose base weight is not 4-bit, e.g. a tied lm_head.
 
@@ -144,6 +143,7 @@ def float_adapted_layers(peft_model) -> list[str]:
                    and not isinstance(module.base_layer, bnb.nn.Linear4bit)})
 
 
+@torch.no_grad()
 def nf4_rounding(peft_model) -> dict[str, float]:
     """For every adapter on a 4-bit layer: how the update compares with the 4-bit grid it is merged into.
 
