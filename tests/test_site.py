@@ -159,6 +159,13 @@ def test_what_breaks_under_a_sub_path_fails_the_check(site_copy):
     assert not any(p.startswith("second.html") for p in report.problems)
 
 
+def test_a_browser_that_does_not_start_is_one_sentence(small_site, monkeypatch):
+    _browser_or_skip()
+    monkeypatch.setenv("CHROME_BIN", "/bin/false")
+    with pytest.raises(CourseError, match=r"Chromium \(/bin/false\) did not start .*same version"):
+        check_site(small_site, "course")
+
+
 # --------------------------------------------------------------------------- the workflow
 def _actionlint() -> str:
     exe = Path(sys.executable).parent / "actionlint"

@@ -26,6 +26,7 @@ import html.parser
 import http.server
 import json
 import os
+import re
 import shutil
 import threading
 import urllib.parse
@@ -42,7 +43,8 @@ def default_sub_path() -> str:
     """The sub-path Pages would use: the repository's name in GitHub Actions, else the checkout's folder name."""
     from .data import REPO_ROOT
 
-    return os.environ.get("GITHUB_REPOSITORY", "").rpartition("/")[2] or REPO_ROOT.name
+    name = os.environ.get("GITHUB_REPOSITORY", "").rpartition("/")[2] or REPO_ROOT.name
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "book"
 
 
 def site_pages(html_dir: Path) -> list[str]:
@@ -177,6 +179,7 @@ def find_browser() -> tuple[str, str]:
 
 def _start_driver():
     from selenium import webdriver
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.chrome.service import Service
 
     browser, driver_path = find_browser()
@@ -189,7 +192,12 @@ def _start_driver():
                  "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"):
         opts.add_argument(flag)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-    return webdriver.Chrome(service=Service(driver_path), options=opts)
+    try:
+        return webdriver.Chrome(service=Service(driver_path), options=opts)
+    except WebDriverException as exc:
+        first = (exc.msg or str(exc)).strip().splitlines()[0]
+        raise CourseError(f"Chromium ({browser}) did not start under {driver_path} ({first}): "
+                          "the browser and chromedriver must be the same version.") from None
 
 
 _PAGE_FACTS = """
@@ -202,6 +210,21 @@ if (refresh) {
 const broken = Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src);
 return {links: links, broken_images: broken, text: document.body ? document.body.innerText : ''};
 """
+
+
+def _page_facts(driver, tries: int = 3) -> dict:
+    """Links, broken images and text of the page on screen (a page that redirects itself is read again)."""
+    import time
+
+    from selenium.common.exceptions import WebDriverException
+
+    for attempt in range(tries):
+        try:
+            return driver.execute_script(_PAGE_FACTS)
+        except WebDriverException:  # the document was replaced while the script ran (a meta refresh)
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.5)
 
 
 @dataclass
@@ -287,13 +310,18 @@ def check_site(html_dir: Path, sub_path: str | None = None, expected: list[str] 
         report = SiteReport(base_url, pages)
         report.problems += [f"{p}: missing" for p in expected if p not in pages]
         driver = _start_driver()
+
+        def read_logs(page: str) -> None:  # what the browser logged since the last read belongs to `page`
+            _network(driver.get_log("performance"), base_url, page, report)
+            _console(driver.get_log("browser"), base_url, page, report)
+
         try:
-            for page in pages:
-                driver.get_log("performance"), driver.get_log("browser")  # drop the previous page's entries
+            for i, page in enumerate(pages):
+                if i:  # late requests of the previous page (scripts that fetch after the load event)
+                    read_logs(pages[i - 1])
                 driver.get(base_url + urllib.parse.quote(page))
-                facts = driver.execute_script(_PAGE_FACTS)
-                _network(driver.get_log("performance"), base_url, page, report)
-                _console(driver.get_log("browser"), base_url, page, report)
+                facts = _page_facts(driver)
+                read_logs(page)
                 links[page] = facts["links"]
                 report.problems += [f"{page}: image does not load: {src}" for src in facts["broken_images"]]
                 if "Traceback (most recent call last)" in facts["text"]:
@@ -302,6 +330,8 @@ def check_site(html_dir: Path, sub_path: str | None = None, expected: list[str] 
                     screenshot[1].parent.mkdir(parents=True, exist_ok=True)
                     driver.save_screenshot(str(screenshot[1]))
         finally:
+            if pages:
+                read_logs(pages[-1])
             driver.quit()
         internal: set[str] = set()
         report.problems += link_problems(html_dir, base_url, links, internal)
