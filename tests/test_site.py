@@ -141,15 +141,17 @@ def test_a_planted_broken_internal_link_fails_the_check(site_copy):
 
 
 def test_what_breaks_under_a_sub_path_fails_the_check(site_copy):
-    """Root-relative assets, a missing image, a script error and a missing page are each named."""
+    """Root-relative assets, a missing image, a script error, a traceback and a missing page are each named."""
     _browser_or_skip()
     _plant(site_copy / "intro.html",
            '<link rel="stylesheet" href="/_static/pygments.css"><img src="missing.png" alt="x">'
-           '<script>throw new Error("planted failure")</script><a href="/second.html">root link</a>')
+           '<script>throw new Error("planted failure")</script><a href="/second.html">root link</a>'
+           '<pre>Traceback (most recent call last):\n  ValueError</pre>')
     report = check_site(site_copy, "course", expected=["intro.html", "third.html"])
     base, root = report.base_url, report.base_url[: -len("course/")]
     problems = "\n".join(report.problems)
     assert "third.html: missing" in report.problems
+    assert "intro.html: shows an error traceback" in report.problems
     assert f"intro.html: stylesheet {root}_static/pygments.css answered 404" in report.problems
     assert f"intro.html: image {base}missing.png answered 404" in report.problems
     assert f"intro.html: image does not load: {base}missing.png" in report.problems

@@ -208,12 +208,14 @@ if (refresh) {
   if (m) links.push(new URL(m[1].trim(), document.baseURI).href);
 }
 const broken = Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src);
-return {links: links, broken_images: broken, text: document.body ? document.body.innerText : ''};
+const text = document.body ? document.body.innerText : '';
+const traceback = text.includes('Traceback (most recent call last)') || !!document.querySelector('.output.traceback');
+return {links: links, broken_images: broken, traceback: traceback};
 """
 
 
 def _page_facts(driver, tries: int = 3) -> dict:
-    """Links, broken images and text of the page on screen (a page that redirects itself is read again)."""
+    """Links, broken images, a traceback shown: read from the page on screen (again, if it redirected)."""
     import time
 
     from selenium.common.exceptions import WebDriverException
@@ -324,7 +326,7 @@ def check_site(html_dir: Path, sub_path: str | None = None, expected: list[str] 
                 read_logs(page)
                 links[page] = facts["links"]
                 report.problems += [f"{page}: image does not load: {src}" for src in facts["broken_images"]]
-                if "Traceback (most recent call last)" in facts["text"]:
+                if facts["traceback"]:
                     report.problems.append(f"{page}: shows an error traceback")
                 if screenshot and page == screenshot[0]:
                     screenshot[1].parent.mkdir(parents=True, exist_ok=True)
