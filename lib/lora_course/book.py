@@ -237,61 +237,18 @@ def build_book(profile: str = "cpu") -> Path:
 
 
 # --------------------------------------------------------------------------- browser check
-def check_book_in_browser(html_dir: Path = HTML_DIR, screenshot: Path = BUILD_DIR / "screenshots" / "chapter-01.png") -> list[str]:
-    """Load every chapter page in headless Chromium; return the problems found.
+def check_book_in_browser(html_dir: Path = HTML_DIR, screenshot: Path = BUILD_DIR / "screenshots" / "chapter-01.png",
+                          sub_path: str | None = None):
+    """Serve the built book under a sub-path, as GitHub Pages does, and load every page in headless Chromium.
 
-    A page fails when it is missing, when an image on it does not load, or when
-    its output shows a Python traceback.
+    Returns lora_course.site_check.SiteReport: its problems name each page,
+    request, console error or internal link that fails (empty when the site
+    works). Every chapter page must exist; the first is saved as a screenshot.
     """
-    import http.server
-    import socketserver
-    import threading
+    from .site_check import check_site
 
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    if not (html_dir / "index.html").exists():
-        raise CourseError(f"No built book in {html_dir}: run `make book` first.")
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver_path = shutil.which("chromedriver")
-    if not chromium or not driver_path:
-        raise CourseError("The browser check needs Chromium and chromedriver: apt-get install chromium chromium-driver.")
-
-    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(html_dir), **k)  # noqa: E731
-    http.server.SimpleHTTPRequestHandler.log_message = lambda *a, **k: None
-    with socketserver.TCPServer(("127.0.0.1", 0), handler) as server:
-        port = server.server_address[1]
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        opts = webdriver.ChromeOptions()
-        opts.binary_location = chromium
-        for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                     "--disable-dev-shm-usage", "--window-size=1280,2000"):
-            opts.add_argument(flag)
-        driver = webdriver.Chrome(service=Service(driver_path), options=opts)
-        problems: list[str] = []
-        try:
-            for i, nb in enumerate(chapter_notebooks()):
-                url = f"http://127.0.0.1:{port}/chapters/{nb.stem}.html"
-                page = f"chapters/{nb.stem}.html"
-                if not (html_dir / page).exists():
-                    problems.append(f"{page}: missing")
-                    continue
-                driver.get(url)
-                broken = driver.execute_script(
-                    "return Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)"
-                )
-                problems += [f"{page}: image does not load: {src}" for src in broken]
-                text = driver.find_element("tag name", "body").text
-                if "Traceback (most recent call last)" in text or driver.find_elements("css selector", ".output.traceback"):
-                    problems.append(f"{page}: shows an error traceback")
-                if i == 0:
-                    screenshot.parent.mkdir(parents=True, exist_ok=True)
-                    driver.save_screenshot(str(screenshot))
-        finally:
-            driver.quit()
-            server.shutdown()
-    return problems
+    chapters = [f"chapters/{nb.stem}.html" for nb in chapter_notebooks()]
+    return check_site(html_dir, sub_path, expected=chapters, screenshot=(chapters[0], screenshot) if chapters else None)
 
 
 # --------------------------------------------------------------------------- glue and claims

@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="cpu", help=f"one of: {', '.join(PROFILES)} (default: cpu)")
     p.add_argument("--skip-run", action="store_true", help="render the chapters already executed in _build/src")
 
-    sub.add_parser("check-book", help="load every chapter page of the built book in headless Chromium")
+    sub.add_parser("check-book", help="serve the built book under a sub-path and load every page in headless Chromium")
     return parser
 
 
@@ -304,12 +304,14 @@ def cmd_book(args) -> int:
 def cmd_check_book(args) -> int:
     from .book import BUILD_DIR, check_book_in_browser
 
-    problems = check_book_in_browser()
-    for p in problems:
+    report = check_book_in_browser()
+    for p in report.problems:
         print(f"browser check: {p}", file=sys.stderr)
-    if problems:
+    print(f"browser check: {report.summary()}")
+    if report.problems:
+        print(f"browser check: {len(report.problems)} problem(s) above", file=sys.stderr)
         return 1
-    print(f"browser check: every chapter page loads, images included; screenshot in {BUILD_DIR / 'screenshots'}")
+    print(f"browser check: every page, request and internal link works; screenshot in {BUILD_DIR / 'screenshots'}")
     return 0
 
 
