@@ -105,12 +105,26 @@ def agreement(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return same / sum(x.numel() for x in a)
 
 
+def logit_tolerance(dtype: torch.dtype, logit_scale: float) -> float:
+    """The largest logit difference that rounding alone explains when a merge is done in `dtype`.
+
+    fp32: 1e-3 (measured differences are about 1e-6). 16-bit: W + s B A is rounded to
+    the dtype's step in every merged weight (bf16 keeps 8 significant bits: a relative
+    step of 2^-7), and the logits carry that rounding: 4 steps at the size of the largest
+    logit. With logits up to 10 in bf16 that is 4 x 0.0078 x 10 = 0.31; measured ~0.06.
+    """
+    if dtype == torch.float32:
+        return 1e-3
+    return max(1e-3, 4 * torch.finfo(dtype).eps * logit_scale)
+
+
 @dataclass
 class MergeReport:
     max_abs_logit_diff: float
     merged_model: object
     reference_model: object
     tokenizer: object
+    tolerance: float = 1e-3  # what rounding in the merge's dtype explains (logit_tolerance)
 
 
 def merge_and_check(model: str | ModelSpec | Profile, adapter_dir: str | Path, texts: list[str],
@@ -127,7 +141,10 @@ def merge_and_check(model: str | ModelSpec | Profile, adapter_dir: str | Path, t
     tokenizer = load_tokenizer(model)
     reference = load_adapter_model(model, adapter_dir, quantization, precision)
     merged = merge_adapter(load_adapter_model(model, adapter_dir, quantization, precision))
-    return MergeReport(max_logit_difference(reference, merged, tokenizer, texts), merged, reference, tokenizer)
+    scale = max(float(x.abs().max()) for x in _logits(reference, tokenizer, texts))
+    dtype = merged.get_input_embeddings().weight.dtype
+    return MergeReport(max_logit_difference(reference, merged, tokenizer, texts), merged, reference, tokenizer,
+                       logit_tolerance(dtype, scale))
 
 
 # --------------------------------------------------------------------------- what a 4-bit merge loses
