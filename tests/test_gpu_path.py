@@ -264,3 +264,19 @@ def test_device_run_script_runs_the_check_and_chapters_at_the_miniature(tmp_path
     with tarfile.open(out / "chapters.tar.gz") as tar:
         assert tar.getnames() == ["01-data-formatting.ipynb"]
     assert "exit status 0" in (out / "device-run.log").read_text()
+
+
+def test_chapter_4_recipe_builds_its_trainer_at_the_gpu_settings(tmp_path):
+    """eval_strategy="epoch" (gpu's) with no eval_dataset: transformers refuses to build the trainer."""
+    from lora_course.book import glue_text, guard, say, setup_chapter
+
+    nb = json.loads((ROOT / "chapters" / "04-experiments.ipynb").read_text())
+    cells = [c for c in nb["cells"] if c["cell_type"] == "code"
+             and {"recipe", "recipe-check"} & set(c["metadata"].get("tags", []))]
+    source = "\n\n".join("".join(c["source"]) for c in cells)
+    namespace = {"SEED": 42, "glue_text": glue_text, "guard": guard, "say": say,
+                 "ctx": setup_chapter("gpu-mini", 42, tmp_path)}
+    exec(compile(source, "chapter-4-recipe", "exec"), namespace)  # its own check cell raises if the twins part
+    trainer_args = namespace["args"]
+    assert trainer_args.eval_strategy == "epoch" and trainer_args.save_strategy == "epoch"
+    assert namespace["n_trainable"] > 0
