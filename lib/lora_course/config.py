@@ -431,13 +431,13 @@ GPU_MINI_DIFFERENCES: dict[str, tuple[Any, str]] = {
 
 # gpu-device: the gpu profile on a GPU with OpenLLaMA-3b-v2's architecture and random weights
 # (no download), the course's sample data and few steps: what scripts/gpu_device_run.sh executes.
-# 96 rows: 16 held out, 80 train = 5 optimizer steps an epoch, 15 in all.
+# 72 rows: 8 held out, 64 train = 4 optimizer steps an epoch, 12 in all.
 GPU_DEVICE_DIFFERENCES: dict[str, tuple[Any, str]] = {
     "model": ("open_llama_3b_v2-random", "the 3B architecture with random weights: the machine has no hub access"),
     "data.source": ("sample", "the course's bundled rows: no network"),
-    "data.n_rows": (96, "few rows: 5 optimizer steps an epoch, minutes in all"),
-    "data.test_size": (16, "16 held-out rows"),
-    "train.logging_steps": (1, "a loss every step: 15 steps in all would log one at gpu's every 10th"),
+    "data.n_rows": (72, "few rows: 4 optimizer steps an epoch, seconds a run"),
+    "data.test_size": (8, "8 held-out rows: each run generates for every one of them"),
+    "train.logging_steps": (1, "a loss every step: 12 steps in all would log one at gpu's every 10th"),
     "bench_rows": (32, "few rows per trainer setting"),
     "sweep_steps": (3, "few steps per sweep point"),
 }
@@ -446,7 +446,7 @@ PROFILES["gpu-mini"] = derived_profile(
     PROFILES["gpu"], "gpu-mini", "the gpu profile in miniature on a CPU (CI): a tiny model, 40 rows, 6 steps",
     GPU_MINI_DIFFERENCES)
 PROFILES["gpu-device"] = derived_profile(
-    PROFILES["gpu"], "gpu-device", "the gpu profile on a GPU with 3B random weights, 96 sample rows (device check)",
+    PROFILES["gpu"], "gpu-device", "the gpu profile on a GPU with 3B random weights, 72 sample rows, 12 steps (device check)",
     GPU_DEVICE_DIFFERENCES)
 
 # The post's four runs, and the course's extra ones. All share the post's fixed
