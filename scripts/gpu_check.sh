@@ -7,7 +7,8 @@
 #
 # Writes OUT_DIR/train-check.json: loss per step (finite, falling?), the share of lora_A and
 # lora_B entries that moved, peak memory, non-padding tokens/s and utilisation per run.
-# Exits non-zero if an adapter froze (under 99% of lora_A entries moved) or a loss was not finite.
+# Exits non-zero if an adapter froze (some adapted module moved under 99% of its lora_A entries)
+# or a loss was not finite.
 # PROFILE=smoke STEPS=4 runs the same steps on a CPU with a tiny architecture (the tests do).
 set -euo pipefail
 out=${1:?usage: scripts/gpu_check.sh OUT_DIR}

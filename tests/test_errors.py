@@ -43,6 +43,7 @@ BAD = {
     "train-check": (["train-check", "--profile", "tpu", "--out", "x.json"], "Unknown profile 'tpu'"),
     "book": (["book", "--profile", "tpu"], "Unknown profile 'tpu'"),
     "check-book": (["check-book", "--html", "x"], "unrecognized arguments: --html x"),
+    "device-run": (["device-run", "--profile", "tpu", "--out", "o", "--work", "w"], "Unknown profile 'tpu'"),
 }
 
 

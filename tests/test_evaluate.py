@@ -139,7 +139,7 @@ def test_response_loss_scores_response_tokens_only(smoke, rows):
 
     assert out["loss"] > 0
     assert out["perplexity"] == pytest.approx(math.exp(out["loss"]), rel=1e-6)
-    expected_tokens = [len(tok(r + tok.eos_token, add_special_tokens=False)["input_ids"]) for r in responses]
+    expected_tokens = [len(tok(p + r)["input_ids"]) + 1 - len(tok(p)["input_ids"]) for p, r in zip(prompts, responses)]
     assert out["row_tokens"] == expected_tokens
     assert out["response_tokens"] == sum(expected_tokens)
     weighted = sum(l * n for l, n in zip(out["row_losses"], out["row_tokens"])) / sum(out["row_tokens"])
@@ -171,6 +171,42 @@ def test_response_loss_other_prompt_changes_context_not_the_scored_tokens(smoke,
     b = ev.response_loss(model, tok, ["Q: something else entirely?\nA:"], [response], max_length=1024)
     assert a["response_tokens"] == b["response_tokens"]
     assert a["loss"] != pytest.approx(b["loss"], abs=1e-6)
+
+
+def test_response_loss_scores_the_tokens_the_trainer_trains_on(rows):
+    """With a SentencePiece-style tokenizer (Metaspace, legacy=False, as OpenLLaMA's converts),
+    a response tokenized alone starts with a "▁" token that the trainer never sees after the
+    prompt. The rows scored must be the trainer's own input_ids, prompt positions masked."""
+    from lora_course.config import get_profile
+    from lora_course.model import load_model, load_tokenizer
+
+    prof = get_profile("gpu-mini")
+    tok = load_tokenizer(prof)
+    torch.manual_seed(0)
+    model = load_model(prof.model)  # fp32 on the CPU
+    prompts, responses = rows["prompt"].tolist()[:3], rows["response"].tolist()[:3]
+    alone = tok(responses[0], add_special_tokens=False)["input_ids"]
+    inside = tok(prompts[0] + responses[0])["input_ids"][len(tok(prompts[0])["input_ids"]):]
+    assert alone != inside[: len(alone)]  # the tokenizer shows the problem
+
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    trainer = SFTTrainer(model=model, processing_class=tok, train_dataset=Dataset.from_dict({"text": rows["text"].tolist()[:3]}),
+                         args=SFTConfig(output_dir="/tmp/unused-sft", use_cpu=True, report_to="none", max_length=1024))
+    trained = trainer.train_dataset["input_ids"]
+    scored = ev.scored_rows(tok, prompts, responses, max_length=1024)
+    assert [ids for ids, _ in scored] == trained
+    out = ev.response_loss(model, tok, prompts, responses, max_length=1024)
+    for i, (ids, n_prompt) in enumerate(scored):
+        assert 0 < n_prompt <= len(tok(prompts[i])["input_ids"])
+        assert out["row_tokens"][i] == len(ids) - n_prompt
+        t = torch.tensor([ids])
+        labels = t.clone()
+        labels[0, :n_prompt] = -100
+        with torch.no_grad():
+            expected = float(model(input_ids=t, labels=labels).loss)
+        assert out["row_losses"][i] == pytest.approx(expected, abs=1e-5)
 
 
 def test_response_loss_needs_room_for_the_response(smoke, rows):

@@ -28,6 +28,7 @@ BUILD_DIR = REPO_ROOT / "_build"
 SOURCE_COPY = BUILD_DIR / "src"
 HTML_DIR = SOURCE_COPY / "_build" / "html"
 BOOK_FILES = ("_config.yml", "_toc.yml", "book")
+REPOSITORY_PLACEHOLDER = "REPOSITORY_FROM_PYPROJECT"  # _config.yml's repository url, filled in by copy_book_sources
 
 
 def chapter_notebooks() -> list[Path]:
@@ -209,6 +210,11 @@ def copy_book_sources(out_dir: Path = SOURCE_COPY) -> None:
             shutil.copytree(src, out_dir / name, dirs_exist_ok=True)
         elif src.exists():
             shutil.copy2(src, out_dir / name)
+    # The repository's address comes from pyproject.toml (install.REPOSITORY), never typed here.
+    from .install import REPOSITORY
+
+    config = out_dir / "_config.yml"
+    config.write_text(config.read_text().replace(REPOSITORY_PLACEHOLDER, REPOSITORY))
 
 
 def build_html(out_dir: Path = SOURCE_COPY) -> None:
@@ -234,6 +240,24 @@ def build_book(profile: str = "cpu") -> Path:
     build_html()
     print(f"[book] HTML: {HTML_DIR / 'index.html'}")
     return HTML_DIR
+
+
+def execute_chapters(profile: str, out_dir: Path | None = None, results_dir: str | None = None) -> Path:
+    """Execute every chapter at `profile` into out_dir (default _build/executed-<profile>/), no rendering.
+
+    For checking that a profile's path runs (CI runs gpu-mini this way); the rendered
+    book in _build/src/ is left alone. Fails naming the chapters that failed.
+    """
+    out_dir = out_dir or BUILD_DIR / f"executed-{profile}"
+    shutil.rmtree(out_dir / "chapters", ignore_errors=True)
+    failed = run_chapters(profile, out_dir=out_dir, results_dir=results_dir)
+    if failed:
+        raise CourseError(
+            f"Chapter(s) {', '.join(failed)} failed at profile {profile}: the executed notebooks in "
+            f"{out_dir / 'chapters'} show the failing cell; the other chapters' results are kept."
+        )
+    print(f"[book] every chapter ran at profile {profile}: {out_dir / 'chapters'}")
+    return out_dir
 
 
 # --------------------------------------------------------------------------- browser check

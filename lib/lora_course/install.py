@@ -11,10 +11,36 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 from .config import Profile, get_profile
+from .errors import CourseError
 
-REPOSITORY = "https://github.com/lora-course/lora-course"
+
+def repository_url() -> str:
+    """The repository's address, from pyproject.toml's [project.urls] (its one source).
+
+    Read from the file in a clone (Colab imports the library before installing it),
+    else from the installed package's metadata.
+    """
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    if pyproject.exists():
+        import tomllib
+
+        return tomllib.loads(pyproject.read_text())["project"]["urls"]["Repository"]
+    from importlib.metadata import PackageNotFoundError, metadata
+
+    try:
+        for entry in metadata("lora-course").get_all("Project-URL") or []:
+            label, _, url = entry.partition(",")
+            if label.strip() == "Repository":
+                return url.strip()
+    except PackageNotFoundError:
+        pass
+    raise CourseError("The repository's address is unknown: install the course (pip install -e .) or run from its clone.")
+
+
+REPOSITORY = repository_url()
 CLONE_DIR = "lora-course"
 # The course with the extras a chapter needs outside `make`: metrics and tracking (eval)
 # and the notebook glue of the rendered pages (colab). torch comes with Colab.

@@ -39,6 +39,25 @@ def nf4_bits_per_weight(double_quant: bool = True) -> float:
     return 4 + 32 / NF4_BLOCK
 
 
+def nf4_levels():
+    """NF4's 16 values in [-1, 1], sorted, as fp32 on the CPU (bitsandbytes' own table)."""
+    import bitsandbytes.functional as bnbf
+
+    return bnbf.get_4bit_type("nf4", device="cpu").float().sort().values
+
+
+def nf4_round_block(block):
+    """One block of weights rounded as NF4 stores it: each weight / the block's absmax, to the
+    nearest level, times absmax. Works in fp32 on the CPU, wherever the weights were loaded
+    (a gpu profile's weights are bf16 on cuda:0; the levels are on the CPU). Returns
+    (restored block, absmax), both fp32 on the CPU."""
+    block = block.detach().float().cpu()
+    levels = nf4_levels()
+    absmax = block.abs().max()
+    codes = ((block / absmax).unsqueeze(-1) - levels).abs().argmin(-1)
+    return levels[codes] * absmax, absmax
+
+
 @dataclass(frozen=True)
 class Shapes:
     hidden: int

@@ -105,12 +105,26 @@ def agreement(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return same / sum(x.numel() for x in a)
 
 
+def logit_tolerance(dtype: torch.dtype, logit_scale: float) -> float:
+    """The largest logit difference that rounding alone explains when a merge is done in `dtype`.
+
+    fp32: 1e-3 (measured differences are about 1e-6). 16-bit: W + s B A is rounded to
+    the dtype's step in every merged weight (bf16 keeps 8 significant bits: a relative
+    step of 2^-7), and the logits carry that rounding: 4 steps at the size of the largest
+    logit. With logits up to 10 in bf16 that is 4 x 0.0078 x 10 = 0.31; measured ~0.06.
+    """
+    if dtype == torch.float32:
+        return 1e-3
+    return max(1e-3, 4 * torch.finfo(dtype).eps * logit_scale)
+
+
 @dataclass
 class MergeReport:
     max_abs_logit_diff: float
     merged_model: object
     reference_model: object
     tokenizer: object
+    tolerance: float = 1e-3  # what rounding in the merge's dtype explains (logit_tolerance)
 
 
 def merge_and_check(model: str | ModelSpec | Profile, adapter_dir: str | Path, texts: list[str],
@@ -127,7 +141,10 @@ def merge_and_check(model: str | ModelSpec | Profile, adapter_dir: str | Path, t
     tokenizer = load_tokenizer(model)
     reference = load_adapter_model(model, adapter_dir, quantization, precision)
     merged = merge_adapter(load_adapter_model(model, adapter_dir, quantization, precision))
-    return MergeReport(max_logit_difference(reference, merged, tokenizer, texts), merged, reference, tokenizer)
+    scale = max(float(x.abs().max()) for x in _logits(reference, tokenizer, texts))
+    dtype = merged.get_input_embeddings().weight.dtype
+    return MergeReport(max_logit_difference(reference, merged, tokenizer, texts), merged, reference, tokenizer,
+                       logit_tolerance(dtype, scale))
 
 
 # --------------------------------------------------------------------------- what a 4-bit merge loses
@@ -210,14 +227,19 @@ def save_merged(merged_model, tokenizer, out_dir: str | Path) -> Path:
     return out_dir
 
 
-def load_merged(folder: str | Path):
-    """A saved merged model, loaded as a plain transformers model (no PEFT involved)."""
+def load_merged(folder: str | Path, precision: Precision | None = None):
+    """A saved merged model, loaded as a plain transformers model (no PEFT involved), in the dtype
+    it was saved in; with `precision`, straight onto its device (a 3B model is 6.9 GB in bf16:
+    a CPU copy on the way would not fit beside the others in Colab's RAM)."""
     from transformers import AutoModelForCausalLM
 
-    from .model import no_progress_bar
+    from .model import device_map, no_progress_bar
 
+    kwargs = {"dtype": "auto"}
+    if precision is not None:
+        kwargs["device_map"] = device_map(precision)
     with no_progress_bar():
-        return AutoModelForCausalLM.from_pretrained(folder).eval()
+        return AutoModelForCausalLM.from_pretrained(folder, **kwargs).eval()
 
 
 # --------------------------------------------------------------------------- many adapters, one base

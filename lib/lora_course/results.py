@@ -27,7 +27,7 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import pandas as pd
 
@@ -323,6 +323,21 @@ class Results:
         if ev is None and chapter is not None:
             raise CourseError(f"No evaluation of {name!r} in {self.dir}: run {chapter} first, at profile {self.profile!r}.")
         return ev
+
+    def require(self, chapter: str, runs: Sequence[str] = (), evaluations: Sequence[str] = (),
+                latency: bool = False) -> None:
+        """Check, before a chapter trains anything, that another chapter's results are here.
+
+        One error names everything missing and the chapter that makes it, so a page run
+        alone stops at its first cell instead of after hours of training at gpu.
+        """
+        missing = [f"run {n!r}" for n in runs if load_run(self.dir / n) is None]
+        missing += [f"evaluation {n!r}" for n in evaluations if load_evaluation(self.dir / n) is None]
+        if latency and not (self.dir / "deploy" / "latency.json").exists():
+            missing.append("the latency table")
+        if missing:
+            raise CourseError(f"This page needs {', '.join(missing)} from {chapter}, not in {self.dir}: "
+                              f"run {chapter} first, at profile {self.profile!r}.")
 
     def save_latency(self, table: LatencyTable) -> None:
         write_json(self.path("deploy", "latency.json"), table.to_dict())

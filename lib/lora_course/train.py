@@ -291,7 +291,7 @@ class AdapterMovement:
     def __init__(self):
         from transformers import TrainerCallback
 
-        from .lora import moved_share, snapshot_adapter
+        from .lora import moved_share, moved_share_by_module, snapshot_adapter
 
         watch = self
 
@@ -302,8 +302,14 @@ class AdapterMovement:
 
             def on_train_end(self, args, state, control, model=None, **kwargs):
                 watch.moved = {which: moved_share(watch.before, model, which) for which in ("lora_A", "lora_B")}
+                watch.moved_by_module = moved_share_by_module(watch.before, model, "lora_A")
 
         self.before: dict = {}
         self.dtypes: list[str] = []
         self.moved: dict[str, float] = {}
+        self.moved_by_module: dict[str, float] = {}  # lora_A's moved share per adapted module
         self.callback = _Callback()
+
+    def frozen_modules(self, at_least: float = 0.99) -> list[str]:
+        """Adapted modules whose lora_A moved in under `at_least` of its entries."""
+        return [m for m, share in self.moved_by_module.items() if share < at_least]
