@@ -43,7 +43,7 @@ class ModelSpec:
     """
 
     name: str
-    source: Literal["hub", "smollm2-wheel", "smoke", "random", "shape"]
+    source: Literal["hub", "local", "smollm2-wheel", "smoke", "random", "shape"]
     architecture: dict[str, Any]
     hub_id: str | None = None
     description: str = ""
@@ -134,13 +134,17 @@ RANDOM_SUFFIX = "-random"
 
 
 def get_model_spec(name: str) -> ModelSpec:
-    """A known model by name; "<name>-random" is its architecture with random weights (no download)."""
+    """A known model by name; "<name>-random" is its architecture with random weights (no download);
+    anything else a local folder or a hub id (see `external`)."""
     if name.endswith(RANDOM_SUFFIX) and name[: -len(RANDOM_SUFFIX)] in MODELS:
         base = MODELS[name[: -len(RANDOM_SUFFIX)]]
         return dataclasses.replace(base, name=name, source="random", hub_id=None, packages=(),
                                    description=f"{base.name}'s architecture with random weights")
     if name not in MODELS:
-        raise CourseError(f"Unknown model {name!r}: choose one of {', '.join(MODELS)} (or <name>{RANDOM_SUFFIX}).")
+        # Not a shortcut: a local folder or a hub id (owner/name), or one sentence saying it is neither.
+        from .external import external_spec
+
+        return external_spec(name)
     return MODELS[name]
 
 
