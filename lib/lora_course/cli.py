@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one experiment and write results/<profile>/<run>/")
     _run_args(p)
     p.add_argument("--data", default=None, help="data source: 'sample', a hub dataset id, or a CSV/JSONL/parquet path")
+    p.add_argument("--columns", default=None, metavar="ROLE=COLUMN,...",
+                   help="map the data's columns to roles, e.g. instruction=question,response=answer (Alpaca: "
+                        "instruction, input, output; or prompt, completion)")
     p.add_argument("--max-steps", type=int, default=None, help="override the profile's step budget")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="override a trainer (SFTConfig) or LoRA (LoraConfig) setting by its name, e.g. learning_rate=1e-4")
@@ -201,7 +204,12 @@ def cmd_train(args) -> int:
                               f"{world} processes: set --set gradient_accumulation_steps=<a multiple of {world}>.")
         accumulation //= world
         train["gradient_accumulation_steps"] = accumulation
-    data = {"source": args.data} if args.data is not None else None
+    data = {"source": args.data} if args.data is not None else {}
+    if args.columns is not None:
+        from .formats import parse_columns
+
+        data["columns"] = parse_columns(args.columns)
+    data = data or None
     precision = {}
     for item in args.precision:
         name, sep, value = item.partition("=")

@@ -169,6 +169,9 @@ class DataSettings:
     overlong: Literal["truncate", "drop"] = "truncate"  # rows longer than max_length
     train_rows: int | None = None
     eval_rows: int | None = None
+    # Maps the roles of a data shape to the table's columns, e.g. {"instruction": "question", "response": "answer"};
+    # None reads the shape off the column names (see `formats`).
+    columns: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)

@@ -215,19 +215,24 @@ class DataReport:
         return "\n".join(lines)
 
 
-def clean_table(df: pd.DataFrame, source: str = "table", drop_duplicates: bool = True) -> tuple[pd.DataFrame, DataReport]:
-    """Check the schema; drop (and count) empty rows and exact duplicates."""
-    missing = [c for c in COLUMNS if c not in df.columns]
+def clean_table(df: pd.DataFrame, source: str = "table", drop_duplicates: bool = True,
+                columns: tuple[str, ...] = COLUMNS, optional: tuple[str, ...] = ()) -> tuple[pd.DataFrame, DataReport]:
+    """Check the schema; drop (and count) rows with an empty required field, and exact duplicates.
+
+    `columns` are the shape's columns (the post's three by default, see `formats`);
+    an `optional` one (Alpaca's `input`) may be empty.
+    """
+    missing = [c for c in columns if c not in df.columns]
     if missing:
         raise CourseError(
             f"The dataset from {source} lacks the column(s) {', '.join(missing)}: "
-            f"it needs {', '.join(COLUMNS)} (found {', '.join(map(str, df.columns)) or 'none'})."
+            f"it needs {', '.join(columns)} (found {', '.join(map(str, df.columns)) or 'none'})."
         )
     report = DataReport(source=source, rows_read=len(df))
-    out = df[list(COLUMNS)].copy()
-    for col in COLUMNS:
+    out = df[list(columns)].copy()
+    for col in columns:
         out[col] = out[col].map(lambda v: "" if v is None or (isinstance(v, float) and pd.isna(v)) else str(v).strip())
-    empty = (out[list(COLUMNS)] == "").any(axis=1)
+    empty = (out[[c for c in columns if c not in optional]] == "").any(axis=1)
     if empty.any():
         report.empty_dropped = int(empty.sum())
         report.notes.append(f"{report.empty_dropped} row(s) with an empty or whitespace-only field dropped")
@@ -272,9 +277,15 @@ def prepare_data(
     """
     import datasets
 
+    from .formats import SHAPES, format_shaped, shape_rows
+
     df = load_table(settings.source) if table is None else table
-    df, report = clean_table(df, source=settings.source)
-    df = format_rows(df)
+    # The post's product rows, Alpaca rows, prompt/completion pairs, or a table with a column mapping.
+    df, shape = shape_rows(df, settings.columns, settings.source)
+    roles = SHAPES[shape]
+    df, report = clean_table(df, source=settings.source, columns=tuple(roles),
+                             optional=tuple(r for r, required in roles.items() if not required))
+    df = format_shaped(df, shape)
 
     report.overlong_action = settings.overlong
     report.max_length = max_length
