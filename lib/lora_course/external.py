@@ -94,3 +94,48 @@ def write_tiny_checkpoint(kind: str, out, seed: int = 0) -> Path:
     _train_tokenizer(_smoke_corpus(), TINY_ARCHITECTURES[kind]["vocab_size"], out)
     tiny_model(kind, device="cpu", seed=seed).save_pretrained(out)
     return out
+
+
+# --------------------------------------------------------------------------- the book's end-to-end example
+def alpaca_from_sample(n_rows: int | None = None):
+    """The course's sample rewritten as Alpaca rows: the post's instruction, no input, the description as output."""
+    import pandas as pd
+
+    from .data import build_instruction, load_table
+
+    sample = load_table("sample")
+    if n_rows is not None:
+        sample = sample.head(n_rows)
+    return pd.DataFrame({
+        "instruction": [build_instruction(p, c) for p, c in zip(sample["product"], sample["category"])],
+        "input": "",
+        "output": sample["description"],
+    })
+
+
+def your_model_inputs(folder, kind: str = "qwen2", n_rows: int | None = None) -> tuple[Path, Path]:
+    """A tiny `kind` checkpoint and an Alpaca JSONL file of the sample under `folder`: (model folder, data file).
+
+    The checkpoint is written once; the data file is rewritten each time (it is small).
+    """
+    folder = Path(folder)
+    model_dir = folder / f"tiny-{kind}"
+    if not (model_dir / "config.json").exists():
+        write_tiny_checkpoint(kind, model_dir)
+    data_file = folder / "alpaca-sample.jsonl"
+    alpaca_from_sample(n_rows).to_json(data_file, orient="records", lines=True, force_ascii=False)
+    return model_dir, data_file
+
+
+def with_model_and_data(profile, model: str, source: str | None = None, columns: dict[str, str] | None = None,
+                        **data):
+    """The profile with its model (a folder, a hub id or a name) and, if given, its data replaced (checked now)."""
+    import dataclasses
+
+    from .config import get_model_spec, get_profile
+
+    profile = get_profile(profile) if isinstance(profile, str) else profile
+    changes = dict(data, **({"source": source} if source is not None else {}),
+                   **({"columns": columns} if columns is not None else {}))
+    settings = dataclasses.replace(profile.data, **changes) if changes else profile.data
+    return dataclasses.replace(profile, model=get_model_spec(model).name, data=settings)
