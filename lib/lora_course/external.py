@@ -86,13 +86,14 @@ def write_tiny_checkpoint(kind: str, out, seed: int = 0) -> Path:
     smoke model's (trained in-process on the course's sentences), with <pad>,
     <s> and </s> as ids 0, 1 and 2, as the tiny configs say.
     """
-    from .model import _smoke_corpus, _train_tokenizer
+    from .model import _smoke_corpus, _train_tokenizer, no_progress_bar
     from .targets import TINY_ARCHITECTURES, tiny_model
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _train_tokenizer(_smoke_corpus(), TINY_ARCHITECTURES[kind]["vocab_size"], out)
-    tiny_model(kind, device="cpu", seed=seed).save_pretrained(out)
+    with no_progress_bar():  # a bar for writing a 1 MB file is noise
+        tiny_model(kind, device="cpu", seed=seed).save_pretrained(out)
     return out
 
 
