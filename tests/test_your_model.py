@@ -64,7 +64,7 @@ def test_an_architecture_without_a_causal_lm_head_is_one_sentence(tmp_path, caps
 
 
 def test_a_path_that_is_not_there_is_one_sentence(tmp_path, capsys):
-    assert "neither a folder here nor a hub id" in _train(tmp_path, tmp_path / "missing" / "model", capsys)
+    assert "there is no folder at this path" in _train(tmp_path, tmp_path / "missing" / "model", capsys)
 
 
 def test_a_fused_architecture_refuses_qv_before_writing(tmp_path, neox_folder, capsys):

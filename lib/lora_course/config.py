@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -142,10 +143,55 @@ def get_model_spec(name: str) -> ModelSpec:
                                    description=f"{base.name}'s architecture with random weights")
     if name not in MODELS:
         # Not a shortcut: a local folder or a hub id (owner/name), or one sentence saying it is neither.
-        from .external import external_spec
-
         return external_spec(name)
     return MODELS[name]
+
+
+# A reader's own model: a local folder written by save_pretrained, or a hub id. Shapes come from its
+# config.json (model.architecture_config), so the ModelSpec carries no architecture.
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1
+
+
+def check_causal_lm(model_type: str, where: str) -> None:
+    """One sentence when transformers has no causal-LM head for `model_type` (e.g. BERT, T5's encoder)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise CourseError(
+            f"Model {where} is a {model_type or 'model of unknown type'!r} architecture, which has no causal-LM head "
+            "in transformers: choose a decoder-only model (e.g. Llama, Mistral, Qwen2, Gemma, Phi-3, GPT-NeoX, GPT-2)."
+        )
+
+
+def external_spec(name: str) -> ModelSpec:
+    """A ModelSpec for a local folder (checked now: config.json, a causal-LM head) or a hub id (checked on load)."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        config_file = path / "config.json"
+        if not config_file.is_file():
+            raise CourseError(
+                f"Model folder {name} has no config.json: point --model at a folder written by save_pretrained "
+                "(config.json, the weights and the tokenizer files)."
+            )
+        try:
+            model_type = json.loads(config_file.read_text()).get("model_type", "")
+        except (ValueError, AttributeError) as exc:
+            raise CourseError(f"Model folder {name} has a config.json that is not a JSON object ({exc}): "
+                              "write it again with save_pretrained.") from None
+        check_causal_lm(model_type, name)
+        folder = str(path.resolve())
+        return ModelSpec(name=folder, source="local", architecture={}, hub_id=folder,
+                         description=f"a local {model_type} checkpoint")
+    if _looks_like_path(name) or not _HUB_ID.fullmatch(name):
+        raise CourseError(
+            f"Unknown model {name!r}: choose one of {', '.join(MODELS)} (or <name>{RANDOM_SUFFIX}), a hub id "
+            "(owner/name), or a local model folder (there is no folder at this path)."
+        )
+    return ModelSpec(name=name, source="hub", architecture={}, hub_id=name, description=f"{name} from the Hugging Face hub")
 
 
 # --------------------------------------------------------------------------- settings

@@ -90,6 +90,39 @@ def format_rows(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+ALPACA_WITH_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that gives more context. "
+    "Write a response that appropriately completes the request.\n"
+    "\n"
+    "### Instruction:\n"
+    "\n"
+    "{instruction}\n"
+    "\n"
+    "### Input:\n"
+    "\n"
+    "{input}\n"
+    "\n"
+    "### Response:\n"
+)
+
+
+def format_shaped(df: pd.DataFrame, shape: str) -> pd.DataFrame:
+    """Add `prompt`, `response`, `text` and `description` (the reference answer) to a cleaned frame of `shape`."""
+    if shape == "product":
+        return format_rows(df)
+    out = df.copy()
+    if shape == "alpaca":
+        out["prompt"] = [format_prompt(i) if not x else ALPACA_WITH_INPUT.format(instruction=i, input=x)
+                         for i, x in zip(out["instruction"], out["input"])]
+        answers = out["output"]
+    else:  # prompt-completion: the prompt as written
+        answers = out["completion"]
+    out["description"] = answers
+    out["response"] = answers + RESPONSE_SUFFIX
+    out["text"] = out["prompt"] + out["response"]
+    return out
+
+
 # --------------------------------------------------------------------------- loading
 def load_table(source: str | os.PathLike = "sample") -> pd.DataFrame:
     """Rows with at least product/category/description, from any of the three sources."""
@@ -277,7 +310,7 @@ def prepare_data(
     """
     import datasets
 
-    from .formats import SHAPES, format_shaped, shape_rows
+    from .formats import SHAPES, shape_rows
 
     df = load_table(settings.source) if table is None else table
     # The post's product rows, Alpaca rows, prompt/completion pairs, or a table with a column mapping.

@@ -1,7 +1,8 @@
 """A reader's own model: a local folder written by `save_pretrained`, or a Hugging Face hub id.
 
-    external_spec(name)        a ModelSpec for a folder or an "owner/name" hub id (registered names come first)
-    causal_lm_config(spec)     its transformers config, checked to have a causal-LM head
+    config.external_spec(name) a ModelSpec for a folder or an "owner/name" hub id (registered names come first)
+    model.causal_lm_config(spec) its transformers config, checked to have a causal-LM head
+    write_tiny_checkpoint(...) a tiny random model and tokenizer saved to a folder, as a reader's own would be
 
 The registered models (`config.MODELS`) stay shortcuts; anything else that names
 a folder or a hub id works wherever the library takes a model. Their shapes come
@@ -10,72 +11,7 @@ from their own config.json, so counting parameters needs no weights.
 
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
-
-from .config import ModelSpec
-from .errors import CourseError
-
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-
-
-def _looks_like_path(name: str) -> bool:
-    return name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1
-
-
-def check_causal_lm(model_type: str, where: str) -> None:
-    """One sentence when transformers has no causal-LM head for `model_type` (e.g. BERT, T5's encoder)."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        raise CourseError(
-            f"Model {where} is a {model_type or 'model of unknown type'!r} architecture, which has no causal-LM head "
-            "in transformers: choose a decoder-only model (e.g. Llama, Mistral, Qwen2, Gemma, Phi-3, GPT-NeoX, GPT-2)."
-        )
-
-
-def external_spec(name: str) -> ModelSpec:
-    """A ModelSpec for a local folder (checked now: config.json, a causal-LM head) or a hub id (checked on load)."""
-    path = Path(name).expanduser()
-    if path.is_dir():
-        config_file = path / "config.json"
-        if not config_file.is_file():
-            raise CourseError(
-                f"Model folder {name} has no config.json: point --model at a folder written by save_pretrained "
-                "(config.json, the weights and the tokenizer files)."
-            )
-        try:
-            model_type = json.loads(config_file.read_text()).get("model_type", "")
-        except (ValueError, AttributeError) as exc:
-            raise CourseError(f"Model folder {name} has a config.json that is not a JSON object ({exc}): "
-                              "write it again with save_pretrained.") from None
-        check_causal_lm(model_type, name)
-        folder = str(path.resolve())
-        return ModelSpec(name=folder, source="local", architecture={}, hub_id=folder,
-                         description=f"a local {model_type} checkpoint")
-    if _looks_like_path(name) or not _HUB_ID.fullmatch(name):
-        from .config import MODELS, RANDOM_SUFFIX
-
-        raise CourseError(
-            f"Unknown model {name!r}: it is neither a folder here nor a hub id (owner/name); choose a folder, a hub id, "
-            f"or one of {', '.join(MODELS)} (or <name>{RANDOM_SUFFIX})."
-        )
-    return ModelSpec(name=name, source="hub", architecture={}, hub_id=name, description=f"{name} from the Hugging Face hub")
-
-
-def causal_lm_config(spec: ModelSpec):
-    """The transformers config of a folder or hub model, checked to have a causal-LM head."""
-    from transformers import AutoConfig
-
-    try:
-        config = AutoConfig.from_pretrained(spec.hub_id)
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CourseError(f"Could not read the config of model {spec.hub_id} ({first}): check the id, "
-                          "the network, or use a local folder.") from None
-    check_causal_lm(config.model_type, spec.hub_id)
-    return config
 
 
 def write_tiny_checkpoint(kind: str, out, seed: int = 0) -> Path:

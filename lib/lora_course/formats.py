@@ -11,7 +11,7 @@
 for the role "output"). Without a mapping the shape is read off the columns:
 product columns first, so the post's data stays the default.
 
-Every shape leaves the same frame for the rest of `data.prepare_data` (length
+`data.format_shaped` then leaves the same frame for every shape, for the rest of `data.prepare_data` (length
 check, sampling, split): `prompt`, `response` (the answer + "\\n### End"),
 `text` = prompt + response, and `description`, the reference answer the
 held-out evaluation compares generations with (for the post's rows, the
@@ -33,22 +33,6 @@ SHAPES: dict[str, dict[str, bool]] = {
     "prompt-completion": {"prompt": True, "completion": True},
 }
 ROLE_ALIASES = {"response": "output", "answer": "output", "question": "instruction"}
-
-ALPACA_WITH_INPUT = (
-    "Below is an instruction that describes a task, paired with an input that gives more context. "
-    "Write a response that appropriately completes the request.\n"
-    "\n"
-    "### Instruction:\n"
-    "\n"
-    "{instruction}\n"
-    "\n"
-    "### Input:\n"
-    "\n"
-    "{input}\n"
-    "\n"
-    "### Response:\n"
-)
-
 
 def parse_columns(text: str) -> dict[str, str]:
     """"instruction=question,response=answer" -> {"instruction": "question", "output": "answer"}."""
@@ -110,23 +94,3 @@ def shape_rows(df: pd.DataFrame, columns: dict[str, str] | None = None, source: 
         if not required and role not in out.columns:
             out[role] = ""
     return out, shape
-
-
-def format_shaped(df: pd.DataFrame, shape: str) -> pd.DataFrame:
-    """Add `prompt`, `response`, `text` and `description` (the reference answer) to a cleaned frame of `shape`."""
-    from .data import RESPONSE_SUFFIX, format_prompt, format_rows
-
-    if shape == "product":
-        return format_rows(df)
-    out = df.copy()
-    if shape == "alpaca":
-        out["prompt"] = [format_prompt(i) if not x else ALPACA_WITH_INPUT.format(instruction=i, input=x)
-                         for i, x in zip(out["instruction"], out["input"])]
-        answers = out["output"]
-    else:
-        out["prompt"] = out["prompt"]
-        answers = out["completion"]
-    out["description"] = answers
-    out["response"] = answers + RESPONSE_SUFFIX
-    out["text"] = out["prompt"] + out["response"]
-    return out

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .config import QUANTIZATIONS, ModelSpec, Profile, get_model_spec
+from .config import QUANTIZATIONS, ModelSpec, Profile, check_causal_lm, get_model_spec
 from .errors import CourseError
 from .precision import CPU_FP32, Precision, for_profile
 
@@ -72,10 +72,22 @@ def architecture_config(model: str | ModelSpec):
 
     spec = _as_spec(model)
     if spec.source in ("local", "hub") and not spec.architecture:
-        from .external import causal_lm_config
-
         return causal_lm_config(spec)
     return LlamaConfig(**spec.architecture)
+
+
+def causal_lm_config(spec: ModelSpec):
+    """The transformers config of a folder or hub model, checked to have a causal-LM head."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(spec.hub_id)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CourseError(f"Could not read the config of model {spec.hub_id} ({first}): check the id, "
+                          "the network, or use a local folder.") from None
+    check_causal_lm(config.model_type, spec.hub_id)
+    return config
 
 
 def meta_model(model: str | ModelSpec):
