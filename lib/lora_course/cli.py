@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     _run_args(p)
     p.add_argument("--product", default="Corelogic Smooth Mouse")
     p.add_argument("--category", default="Optical Mouse")
+    p.add_argument("--instruction", default=None,
+                   help="an instruction in the Alpaca template instead of a product (for your own data)")
     p.add_argument("--base", action="store_true", help="use the untuned base model, no adapter")
     p.add_argument("--max-new-tokens", type=int, default=None)
 
@@ -238,7 +240,12 @@ def cmd_generate(args) -> int:
     from .model import load_model, load_tokenizer
 
     config = _config(args)
-    prompt = product_prompt(args.product, args.category)  # an empty product or category is an error here
+    if args.instruction is not None and args.instruction.strip():
+        from .data import format_prompt
+
+        prompt = format_prompt(args.instruction.strip())
+    else:
+        prompt = product_prompt(args.product, args.category)  # an empty product or category is an error here
     tokenizer = load_tokenizer(config.profile)
     if args.base:
         model = load_model(config.profile, config.experiment.quantization)

@@ -11,8 +11,9 @@
 for the role "output"). Without a mapping the shape is read off the columns:
 product columns first, so the post's data stays the default.
 
-`data.format_shaped` then leaves the same frame for every shape, for the rest of `data.prepare_data` (length
-check, sampling, split): `prompt`, `response` (the answer + "\\n### End"),
+`data.format_shaped` then leaves the same frame for every shape, for the rest
+of `data.prepare_data` (length check, sampling, split): `prompt`, `response`
+(the answer + "\\n### End"),
 `text` = prompt + response, and `description`, the reference answer the
 held-out evaluation compares generations with (for the post's rows, the
 product description itself). Cleaning strips every field as it does the
@@ -34,8 +35,9 @@ SHAPES: dict[str, dict[str, bool]] = {
 }
 ROLE_ALIASES = {"response": "output", "answer": "output", "question": "instruction"}
 
+
 def parse_columns(text: str) -> dict[str, str]:
-    """"instruction=question,response=answer" -> {"instruction": "question", "output": "answer"}."""
+    """"instruction=question,response=answer" -> {"instruction": "question", "response": "answer"}."""
     mapping = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         role, sep, column = item.partition("=")
