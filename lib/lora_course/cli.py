@@ -157,14 +157,11 @@ def _parse_sets(items: list[str]) -> tuple[dict, dict]:
 
 def _with_model(profile, model: str | None):
     """The profile with its model replaced by `model` (a folder, a hub id or a registered name), checked now."""
-    import dataclasses
-
-    from .config import get_model_spec, get_profile
+    from .config import get_profile
+    from .external import with_model_and_data
 
     profile = get_profile(profile) if isinstance(profile, str) else profile
-    if model is None:
-        return profile
-    return dataclasses.replace(profile, model=get_model_spec(model).name)
+    return profile if model is None else with_model_and_data(profile, model)
 
 
 def _config(args, **overrides) -> RunConfig:
