@@ -11,8 +11,9 @@ import json
 import os
 import sys
 
-from .config import ALL_LINEAR, EXPERIMENTS, EXTRA_EXPERIMENTS, MODELS, PROFILES, LoraSettings, RunConfig, TrainSettings
+from .config import EXPERIMENTS, EXTRA_EXPERIMENTS, MODELS, PROFILES, LoraSettings, RunConfig, TrainSettings
 from .errors import CourseError
+from .targets import TARGET_SETS
 
 ALL_EXPERIMENTS = {**EXPERIMENTS, **EXTRA_EXPERIMENTS}
 
@@ -30,6 +31,8 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", default="cpu", help=f"one of: {', '.join(PROFILES)} (default: cpu)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--results", default="results", help="results root folder (default: results)")
+    p.add_argument("--model", default=None,
+                   help="the profile's model replaced by a local folder, a hub id (owner/name) or a registered name")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,14 +42,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="list models, profiles and experiments")
 
     p = sub.add_parser("params", help="count trainable and total parameters from the architecture alone (no download)")
-    p.add_argument("--model", required=True, help=f"one of: {', '.join(MODELS)}")
+    p.add_argument("--model", required=True, help=f"a local folder, a hub id (owner/name), or one of: {', '.join(MODELS)}")
     p.add_argument("--r", type=int, default=8, help="LoRA rank (LoraConfig's r, the post's lora_r)")
-    p.add_argument("--targets", nargs="+", default=["q_proj", "v_proj"], help=f"module names, or '{ALL_LINEAR}'")
+    p.add_argument("--targets", nargs="+", default=["q_proj", "v_proj"], help=f"module names, or a target set: {', '.join(TARGET_SETS)}")
     p.add_argument("--json", action="store_true", help="print JSON instead of a sentence")
 
     p = sub.add_parser("train", help="train one experiment and write results/<profile>/<run>/")
     _run_args(p)
     p.add_argument("--data", default=None, help="data source: 'sample', a hub dataset id, or a CSV/JSONL/parquet path")
+    p.add_argument("--columns", default=None, metavar="ROLE=COLUMN,...",
+                   help="map the data's columns to roles, e.g. instruction=question,response=answer (Alpaca: "
+                        "instruction, input, output; or prompt, completion)")
     p.add_argument("--max-steps", type=int, default=None, help="override the profile's step budget")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="override a trainer (SFTConfig) or LoRA (LoraConfig) setting by its name, e.g. learning_rate=1e-4")
@@ -62,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     _run_args(p)
     p.add_argument("--product", default="Corelogic Smooth Mouse")
     p.add_argument("--category", default="Optical Mouse")
+    p.add_argument("--instruction", default=None,
+                   help="an instruction in the Alpaca template instead of a product (for your own data)")
     p.add_argument("--base", action="store_true", help="use the untuned base model, no adapter")
     p.add_argument("--max-new-tokens", type=int, default=None)
 
@@ -78,10 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="timed generation runs per model (default: 3)")
     p.add_argument("--no-latency", action="store_true", help="measure training only")
     p.add_argument("--results", default="results", help="results root folder (default: results)")
+    p.add_argument("--model", default=None,
+                   help="the profile's model replaced by a local folder, a hub id (owner/name) or a registered name")
 
     p = sub.add_parser("sweep", help="run the sweep of chapter 7 (rank, alpha, targets, learning rate), each point cached")
     p.add_argument("--profile", default="cpu", help=f"one of: {', '.join(PROFILES)} (default: cpu)")
     p.add_argument("--results", default="results", help="results root folder (default: results)")
+    p.add_argument("--model", default=None,
+                   help="the profile's model replaced by a local folder, a hub id (owner/name) or a registered name")
 
     p = sub.add_parser("train-check", help="the profile's trainer on random weights: loss, adapter movement, memory (JSON)")
     p.add_argument("--profile", default="gpu", help=f"one of: {', '.join(PROFILES)} (default: gpu)")
@@ -156,15 +168,25 @@ def _parse_sets(items: list[str]) -> tuple[dict, dict]:
     return train, lora
 
 
+def _with_model(profile, model: str | None):
+    """The profile with its model replaced by `model` (a folder, a hub id or a registered name), checked now."""
+    from .config import get_profile
+    from .external import with_model_and_data
+
+    profile = get_profile(profile) if isinstance(profile, str) else profile
+    return profile if model is None else with_model_and_data(profile, model)
+
+
 def _config(args, **overrides) -> RunConfig:
-    return RunConfig.create(args.experiment, args.profile, seed=args.seed, results_dir=args.results, **overrides)
+    profile = _with_model(args.profile, getattr(args, "model", None))
+    return RunConfig.create(args.experiment, profile, seed=args.seed, results_dir=args.results, **overrides)
 
 
 def cmd_params(args) -> int:
     from .lora import count_lora_parameters
     from .model import meta_model
 
-    targets = ALL_LINEAR if args.targets == [ALL_LINEAR] else tuple(args.targets)
+    targets = args.targets[0] if len(args.targets) == 1 and args.targets[0] in TARGET_SETS else tuple(args.targets)
     report = count_lora_parameters(meta_model(args.model), args.r, targets)
     if args.json:
         print(json.dumps({"model": args.model, **report.to_dict()}, indent=2))
@@ -186,7 +208,7 @@ def cmd_train(args) -> int:
     if lora:
         experiment = experiment.with_lora(**lora)
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    profile = get_profile(args.profile)
+    profile = _with_model(get_profile(args.profile), args.model)
     accumulation = train.get("gradient_accumulation_steps", profile.train.gradient_accumulation_steps)
     if args.keep_global_batch:
         if accumulation % world:
@@ -194,7 +216,12 @@ def cmd_train(args) -> int:
                               f"{world} processes: set --set gradient_accumulation_steps=<a multiple of {world}>.")
         accumulation //= world
         train["gradient_accumulation_steps"] = accumulation
-    data = {"source": args.data} if args.data is not None else None
+    data = {"source": args.data} if args.data is not None else {}
+    if args.columns is not None:
+        from .formats import parse_columns
+
+        data["columns"] = parse_columns(args.columns)
+    data = data or None
     precision = {}
     for item in args.precision:
         name, sep, value = item.partition("=")
@@ -223,7 +250,12 @@ def cmd_generate(args) -> int:
     from .model import load_model, load_tokenizer
 
     config = _config(args)
-    prompt = product_prompt(args.product, args.category)  # an empty product or category is an error here
+    if args.instruction is not None and args.instruction.strip():
+        from .data import format_prompt
+
+        prompt = format_prompt(args.instruction.strip())
+    else:
+        prompt = product_prompt(args.product, args.category)  # an empty product or category is an error here
     tokenizer = load_tokenizer(config.profile)
     if args.base:
         model = load_model(config.profile, config.experiment.quantization)
@@ -252,7 +284,7 @@ def _profile_with(args):
     from .bench import random_weights
     from .config import get_profile
 
-    profile = get_profile(args.profile)
+    profile = _with_model(get_profile(args.profile), getattr(args, "model", None))
     if getattr(args, "random_weights", False):
         profile = random_weights(profile)
     if getattr(args, "data", None) is not None:
@@ -277,7 +309,7 @@ def cmd_sweep(args) -> int:
     from .config import get_profile
     from .sweep import SWEEP, run_sweep, sweep_table
 
-    table = sweep_table(run_sweep(SWEEP, get_profile(args.profile), args.results))
+    table = sweep_table(run_sweep(SWEEP, _with_model(get_profile(args.profile), args.model), args.results))
     print(table.to_string())
     return 0 if not table["status"].str.startswith("failed").any() else 1
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -43,7 +44,7 @@ class ModelSpec:
     """
 
     name: str
-    source: Literal["hub", "smollm2-wheel", "smoke", "mini", "random", "shape"]
+    source: Literal["hub", "local", "smollm2-wheel", "smoke", "mini", "random", "shape"]
     architecture: dict[str, Any]
     hub_id: str | None = None
     description: str = ""
@@ -158,14 +159,63 @@ RANDOM_SUFFIX = "-random"
 
 
 def get_model_spec(name: str) -> ModelSpec:
-    """A known model by name; "<name>-random" is its architecture with random weights (no download)."""
+    """A known model by name; "<name>-random" is its architecture with random weights (no download);
+    anything else a local folder or a hub id (see `external`)."""
     if name.endswith(RANDOM_SUFFIX) and name[: -len(RANDOM_SUFFIX)] in MODELS:
         base = MODELS[name[: -len(RANDOM_SUFFIX)]]
         return dataclasses.replace(base, name=name, source="random", hub_id=None, packages=(),
                                    description=f"{base.name}'s architecture with random weights")
     if name not in MODELS:
-        raise CourseError(f"Unknown model {name!r}: choose one of {', '.join(MODELS)} (or <name>{RANDOM_SUFFIX}).")
+        # Not a shortcut: a local folder or a hub id (owner/name), or one sentence saying it is neither.
+        return external_spec(name)
     return MODELS[name]
+
+
+# A reader's own model: a local folder written by save_pretrained, or a hub id. Shapes come from its
+# config.json (model.architecture_config), so the ModelSpec carries no architecture.
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1
+
+
+def check_causal_lm(model_type: str, where: str) -> None:
+    """One sentence when transformers has no causal-LM head for `model_type` (e.g. BERT, T5's encoder)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise CourseError(
+            f"Model {where} is a {model_type or 'model of unknown type'!r} architecture, which has no causal-LM head "
+            "in transformers: choose a decoder-only model (e.g. Llama, Mistral, Qwen2, Gemma, Phi-3, GPT-NeoX, GPT-2)."
+        )
+
+
+def external_spec(name: str) -> ModelSpec:
+    """A ModelSpec for a local folder (checked now: config.json, a causal-LM head) or a hub id (checked on load)."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        config_file = path / "config.json"
+        if not config_file.is_file():
+            raise CourseError(
+                f"Model folder {name} has no config.json: point --model at a folder written by save_pretrained "
+                "(config.json, the weights and the tokenizer files)."
+            )
+        try:
+            model_type = json.loads(config_file.read_text()).get("model_type", "")
+        except (ValueError, AttributeError) as exc:
+            raise CourseError(f"Model folder {name} has a config.json that is not a JSON object ({exc}): "
+                              "write it again with save_pretrained.") from None
+        check_causal_lm(model_type, name)
+        folder = str(path.resolve())
+        return ModelSpec(name=folder, source="local", architecture={}, hub_id=folder,
+                         description=f"a local {model_type} checkpoint")
+    if _looks_like_path(name) or not _HUB_ID.fullmatch(name):
+        raise CourseError(
+            f"Unknown model {name!r}: choose one of {', '.join(MODELS)} (or <name>{RANDOM_SUFFIX}), a hub id "
+            "(owner/name), or a local model folder (there is no folder at this path)."
+        )
+    return ModelSpec(name=name, source="hub", architecture={}, hub_id=name, description=f"{name} from the Hugging Face hub")
 
 
 # --------------------------------------------------------------------------- settings
@@ -189,6 +239,9 @@ class DataSettings:
     overlong: Literal["truncate", "drop"] = "truncate"  # rows longer than max_length
     train_rows: int | None = None
     eval_rows: int | None = None
+    # Maps the roles of a data shape to the table's columns, e.g. {"instruction": "question", "response": "answer"};
+    # None reads the shape off the column names (see `formats`).
+    columns: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,39 @@ def format_rows(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+ALPACA_WITH_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that gives more context. "
+    "Write a response that appropriately completes the request.\n"
+    "\n"
+    "### Instruction:\n"
+    "\n"
+    "{instruction}\n"
+    "\n"
+    "### Input:\n"
+    "\n"
+    "{input}\n"
+    "\n"
+    "### Response:\n"
+)
+
+
+def format_shaped(df: pd.DataFrame, shape: str) -> pd.DataFrame:
+    """Add `prompt`, `response`, `text` and `description` (the reference answer) to a cleaned frame of `shape`."""
+    if shape == "product":
+        return format_rows(df)
+    out = df.copy()
+    if shape == "alpaca":
+        out["prompt"] = [format_prompt(i) if not x else ALPACA_WITH_INPUT.format(instruction=i, input=x)
+                         for i, x in zip(out["instruction"], out["input"])]
+        answers = out["output"]
+    else:  # prompt-completion: the prompt as written
+        answers = out["completion"]
+    out["description"] = answers
+    out["response"] = answers + RESPONSE_SUFFIX
+    out["text"] = out["prompt"] + out["response"]
+    return out
+
+
 # --------------------------------------------------------------------------- loading
 def load_table(source: str | os.PathLike = "sample") -> pd.DataFrame:
     """Rows with at least product/category/description, from any of the three sources."""
@@ -215,19 +248,24 @@ class DataReport:
         return "\n".join(lines)
 
 
-def clean_table(df: pd.DataFrame, source: str = "table", drop_duplicates: bool = True) -> tuple[pd.DataFrame, DataReport]:
-    """Check the schema; drop (and count) empty rows and exact duplicates."""
-    missing = [c for c in COLUMNS if c not in df.columns]
+def clean_table(df: pd.DataFrame, source: str = "table", drop_duplicates: bool = True,
+                columns: tuple[str, ...] = COLUMNS, optional: tuple[str, ...] = ()) -> tuple[pd.DataFrame, DataReport]:
+    """Check the schema; drop (and count) rows with an empty required field, and exact duplicates.
+
+    `columns` are the shape's columns (the post's three by default, see `formats`);
+    an `optional` one (Alpaca's `input`) may be empty.
+    """
+    missing = [c for c in columns if c not in df.columns]
     if missing:
         raise CourseError(
             f"The dataset from {source} lacks the column(s) {', '.join(missing)}: "
-            f"it needs {', '.join(COLUMNS)} (found {', '.join(map(str, df.columns)) or 'none'})."
+            f"it needs {', '.join(columns)} (found {', '.join(map(str, df.columns)) or 'none'})."
         )
     report = DataReport(source=source, rows_read=len(df))
-    out = df[list(COLUMNS)].copy()
-    for col in COLUMNS:
+    out = df[list(columns)].copy()
+    for col in columns:
         out[col] = out[col].map(lambda v: "" if v is None or (isinstance(v, float) and pd.isna(v)) else str(v).strip())
-    empty = (out[list(COLUMNS)] == "").any(axis=1)
+    empty = (out[[c for c in columns if c not in optional]] == "").any(axis=1)
     if empty.any():
         report.empty_dropped = int(empty.sum())
         report.notes.append(f"{report.empty_dropped} row(s) with an empty or whitespace-only field dropped")
@@ -272,9 +310,15 @@ def prepare_data(
     """
     import datasets
 
+    from .formats import SHAPES, shape_rows
+
     df = load_table(settings.source) if table is None else table
-    df, report = clean_table(df, source=settings.source)
-    df = format_rows(df)
+    # The post's product rows, Alpaca rows, prompt/completion pairs, or a table with a column mapping.
+    df, shape = shape_rows(df, settings.columns, settings.source)
+    roles = SHAPES[shape]
+    df, report = clean_table(df, source=settings.source, columns=tuple(roles),
+                             optional=tuple(r for r, required in roles.items() if not required))
+    df = format_shaped(df, shape)
 
     report.overlong_action = settings.overlong
     report.max_length = max_length

@@ -16,25 +16,18 @@ from .config import ALL_LINEAR, Experiment, LoraSettings
 from .errors import CourseError
 from .model import logical_numel
 from .precision import Precision
-
-# Linear layer classes by quantisation: float, bitsandbytes 8-bit, bitsandbytes 4-bit.
-_LINEAR_CLASS_NAMES = {"Linear", "Linear8bitLt", "Linear4bit"}
+from .targets import leaf_names, linear_layers, matches, resolve_targets
 
 
 def find_linear_names(model: nn.Module, include_lm_head: bool = True) -> list[str]:
     """Distinct leaf names of the linear layers (q_proj, ..., lm_head), sorted.
 
-    Works on float and bitsandbytes-quantised models alike, because it matches
-    the class names of all three linear types rather than `nn.Linear` alone
-    (bitsandbytes' layers subclass it, but a model already wrapped by PEFT has
-    LoRA linear layers that must not be counted as targets).
+    Works on float and bitsandbytes-quantised models alike, and on GPT-2's
+    Conv1D, because `targets.linear_layers` matches the class names of the
+    linear types rather than `nn.Linear` alone; LoRA's own layers in a model
+    already wrapped by PEFT are not counted as targets.
     """
-    names = set()
-    for full_name, module in model.named_modules():
-        if type(module).__name__ in _LINEAR_CLASS_NAMES and isinstance(module, nn.Linear):
-            if "lora_" in full_name:
-                continue
-            names.add(full_name.split(".")[-1])
+    names = set(leaf_names(model))
     if not include_lm_head:
         names.discard("lm_head")
     if not names:
@@ -43,17 +36,10 @@ def find_linear_names(model: nn.Module, include_lm_head: bool = True) -> list[st
 
 
 def resolve_target_modules(model: nn.Module, target_modules: tuple[str, ...] | list[str] | str) -> list[str]:
-    """Turn "all-linear" into the model's linear layer names; check explicit names exist."""
-    available = find_linear_names(model)
+    """Turn a target set ("all-linear", "attention-qv", ... see `targets`) or names into checked module names."""
     if target_modules == ALL_LINEAR:
-        return available
-    wanted = list(target_modules)
-    missing = [t for t in wanted if t not in available]
-    if missing:
-        raise CourseError(
-            f"Target module(s) {', '.join(missing)} not found in the model: its linear layers are {', '.join(available)}."
-        )
-    return wanted
+        return find_linear_names(model)
+    return resolve_targets(model, target_modules)
 
 
 def lora_config(lora: LoraSettings, target_modules: list[str]):
@@ -131,9 +117,9 @@ def count_lora_parameters(model: nn.Module, r: int, target_modules, use_dora: bo
     LoraSettings(r=r)  # the same check a run makes: r must be a positive integer
     targets = set(resolve_target_modules(model, target_modules))
     trainable = 0
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and name.split(".")[-1] in targets:
-            trainable += r * (module.in_features + module.out_features) + (module.out_features if use_dora else 0)
+    for name, (n_in, n_out) in linear_layers(model).items():
+        if matches(name, targets):
+            trainable += r * (n_in + n_out) + (n_out if use_dora else 0)
     base_total = sum(logical_numel(p) for p in model.parameters())
     return ParamReport(trainable, base_total + trainable, tuple(sorted(targets)), r)
 

