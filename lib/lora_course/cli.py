@@ -11,7 +11,17 @@ import json
 import os
 import sys
 
-from .config import ALL_LINEAR, EXPERIMENTS, EXTRA_EXPERIMENTS, MODELS, PROFILES, LoraSettings, RunConfig, TrainSettings
+from .config import (
+    ALL_LINEAR,
+    EXPERIMENTS,
+    EXTRA_EXPERIMENTS,
+    MODELS,
+    PROFILES,
+    LoraSettings,
+    RunConfig,
+    TrainSettings,
+    check_run_name,
+)
 from .errors import CourseError
 
 ALL_EXPERIMENTS = {**EXPERIMENTS, **EXTRA_EXPERIMENTS}
@@ -166,6 +176,8 @@ def cmd_train(args) -> int:
     from .config import get_experiment, get_profile
     from .pipeline import run
 
+    if args.name:
+        check_run_name(args.name)
     train, lora = _parse_sets(args.set)
     if args.max_steps is not None:
         train["max_steps"] = args.max_steps
@@ -222,12 +234,14 @@ def cmd_generate(args) -> int:
 
 def cmd_merge(args) -> int:
     from .data import BLOG_PROMPTS, product_prompt
-    from .merge import merge_and_check, save_merged
+    from .merge import check_merged_out, merge_and_check, save_merged
 
     config = _config(args)
+    out_dir = args.out or config.out_dir / "merged"
+    check_merged_out(out_dir)
     prompts = [product_prompt(p, c) for p, c in BLOG_PROMPTS]
     report = merge_and_check(config.profile, config.out_dir / "adapter", prompts)
-    out = save_merged(report.merged_model, report.tokenizer, args.out or config.out_dir / "merged")
+    out = save_merged(report.merged_model, report.tokenizer, out_dir)
     print(f"max |logit(adapter) - logit(merged)| = {report.max_abs_logit_diff:.3g}")
     print(f"merged model: {out}")
     return 0

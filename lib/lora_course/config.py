@@ -412,6 +412,20 @@ def _replace_checked(obj, kind: str, changes: dict[str, Any]):
     return dataclasses.replace(obj, **changes)
 
 
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def check_run_name(name: str, nested: bool = False) -> None:
+    """A run name is one folder name: letters, digits, '.', '_', '-', and not '.' or '..'.
+
+    With `nested`, '/' may separate several such parts (the library's own "sweep/<point>").
+    """
+    parts = name.split("/") if nested else [name]
+    if not all(p and p not in (".", "..") and set(p) <= _NAME_CHARS for p in parts):
+        raise CourseError(f"The run name {name!r} is not a folder name: use letters, digits, '.', '_' and '-' "
+                          "only (not '.' or '..'), e.g. --name qv-long.")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything one run depends on; its JSON is saved with the results.
@@ -430,6 +444,7 @@ class RunConfig:
         if not self.name:
             suffix = "" if self.seed == DEFAULT_SEED else f"-seed{self.seed}"
             object.__setattr__(self, "name", self.experiment.name + suffix)
+        check_run_name(self.name, nested=True)
 
     @classmethod
     def create(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -22,9 +23,22 @@ import torch
 
 from .config import RunConfig
 from .errors import CourseError
-from .results import Evaluation, Run, load_run, write_run
+from .results import (
+    Evaluation,
+    Run,
+    check_replaceable,
+    check_writable,
+    clear_stale,
+    load_run,
+    mark,
+    scratch_dir,
+    write_run,
+)
 
 CHECKPOINTS = "checkpoints"  # inside an unfinished run's folder; removed when the run finishes
+# The trainer's folder in the temp dir for a run that saves no checkpoints: lora_course_trainer_<pid>-<random>.
+# One left by a killed process is removed by the next run.
+SCRATCH_PREFIX = "lora_course_trainer_"
 
 
 def _process_state(device: str):
@@ -67,7 +81,15 @@ def run(config: RunConfig, *, evaluate: str = "none", retrain: bool = False, res
         previous = load_run(config.out_dir)
         if previous is not None and previous.config.same_run_as(config):
             return _evaluated(previous, config, evaluate, keep_model)
+    check_run_folder(config)
     return _train(config, evaluate, resume, list(callbacks), keep_model)
+
+
+def check_run_folder(config: RunConfig) -> None:
+    """Before anything loads: the results folder can be written, and the run's folder is absent,
+    empty, or a run folder the course wrote (so replacing it loses nothing of the user's)."""
+    check_writable(config.results_dir)
+    check_replaceable(config.out_dir, "run", f"choose another run name than {config.name!r} or move that folder away")
 
 
 @dataclass
@@ -113,12 +135,15 @@ def prepare(config: RunConfig, callbacks: Sequence = ()) -> Prepared:
     # trainer works in a scratch folder, so that nothing appears under results before it finishes.
     scratch = None
     if settings.save_strategy == "no":
-        import tempfile
-
-        scratch = Path(tempfile.mkdtemp(prefix="lora_course_trainer_"))
+        scratch = scratch_dir(tempfile.gettempdir(), SCRATCH_PREFIX)
     output_dir = config.out_dir / CHECKPOINTS if scratch is None else scratch
-    trainer = build_trainer(model, tokenizer, data.train, settings, precision, output_dir=output_dir,
-                            seed=config.seed, eval_rows=eval_rows, callbacks=list(callbacks))
+    try:
+        trainer = build_trainer(model, tokenizer, data.train, settings, precision, output_dir=output_dir,
+                                seed=config.seed, eval_rows=eval_rows, callbacks=list(callbacks))
+    except BaseException:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+        raise
     return Prepared(precision, tokenizer, data, model, params, trainer, scratch)
 
 
@@ -131,19 +156,33 @@ def _train(config: RunConfig, evaluate: str, resume: bool, callbacks: list, keep
     if resume and resume_from is None:
         raise CourseError(f"Nothing to resume: no checkpoint in {out_dir / CHECKPOINTS}. Run without --resume to "
                           "start afresh (a profile saves checkpoints when its save_strategy is not 'no').")
+    # Only what this call creates may be removed if it fails: the run's folder when it was not
+    # there before, else the checkpoints folder when that was not.
+    created = out_dir if not out_dir.exists() else out_dir / CHECKPOINTS if not (out_dir / CHECKPOINTS).exists() else None
+    if is_main:
+        clear_stale(tempfile.gettempdir(), SCRATCH_PREFIX)
+        if config.profile.train.save_strategy != "no" and not out_dir.exists():
+            out_dir.mkdir(parents=True)
+            mark(out_dir, "run")  # holds checkpoints for --resume; the finished run replaces it
     result, p = None, None
     try:
         p = prepare(config, callbacks)
         if p.trainer is not None:
             result = train(p.trainer, resume_from)
-    except BaseException:
+    except BaseException as exc:
         if p is not None and p.scratch is not None:
             shutil.rmtree(p.scratch, ignore_errors=True)
-        if is_main and newest_checkpoint(out_dir) is None and load_run(out_dir) is None:
-            shutil.rmtree(out_dir, ignore_errors=True)  # nothing worth keeping: leave no folder behind
-        elif is_main and load_run(out_dir) is None:
-            print(f"training stopped; checkpoints kept in {out_dir / CHECKPOINTS}: rerun with --resume "
-                  "(or resume=True) to continue from the newest one.")
+        if is_main and load_run(out_dir) is None:
+            if newest_checkpoint(out_dir) is None:
+                if created is not None:
+                    shutil.rmtree(created, ignore_errors=True)  # nothing worth keeping: leave no folder behind
+            else:
+                hint = (f"checkpoints kept in {out_dir / CHECKPOINTS}: rerun with --resume (or resume=True) "
+                        "to continue from the newest one")
+                if isinstance(exc, KeyboardInterrupt):
+                    exc.add_note(hint)  # the command line prints it in its one line
+                else:
+                    print(f"training stopped; {hint}.")
         raise
     if p.scratch is not None:
         shutil.rmtree(p.scratch, ignore_errors=True)

@@ -1,0 +1,197 @@
+"""A run removes or replaces only folders the course made and marked; bad input is refused before any work."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from lora_course import CourseError, RunConfig
+from lora_course.cli import main
+from lora_course.pipeline import SCRATCH_PREFIX, run
+from lora_course.results import MARK, atomic_dir, check_replaceable, clear_stale, owned_kind
+
+TRAIN = ["train", "--experiment", "qlora-r8-qv", "--profile", "smoke"]
+
+
+def _one_sentence(err: str) -> bool:
+    return err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err
+
+
+def _plant(root):
+    """A file beside every folder a bad name could reach: the results root, the profile folder, the user's own folder."""
+    files = [root / "keep.txt", root / "smoke" / "keep.txt", root / "smoke" / "mine" / "keep.txt"]
+    for f in files:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text("the user's\n")
+    return files
+
+
+def _survive(files) -> bool:
+    return all(f.read_text() == "the user's\n" for f in files)
+
+
+def _dead_pid() -> int:
+    """The id of a process that has exited."""
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+# --------------------------------------------------------------------------- run names
+
+
+@pytest.mark.parametrize("name", [".", "..", "ABS", "a/b", "two words", "~"])
+def test_a_run_name_is_one_folder_name(name, tmp_path, capsys):
+    root = tmp_path / "results"
+    files = _plant(root)
+    outside = tmp_path / "elsewhere"
+    files += _plant(outside)
+    if name == "ABS":
+        name = str(outside / "smoke")
+    code = main([*TRAIN, "--name", name, "--results", str(root)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"The run name {name!r} is not a folder name" in err and _one_sentence(err), err
+    assert _survive(files)
+
+
+def test_library_names_may_nest_but_never_climb():
+    assert RunConfig.create("qlora-r8-qv", "smoke", name="sweep/qv-r4").out_dir.parts[-2:] == ("sweep", "qv-r4")
+    for bad in ("sweep/..", "/sweep", "sweep//x", "../x"):
+        with pytest.raises(CourseError, match="is not a folder name"):
+            RunConfig.create("qlora-r8-qv", "smoke", name=bad)
+
+
+def test_a_run_never_replaces_a_folder_the_course_did_not_make(tmp_path, capsys):
+    root = tmp_path / "results"
+    files = _plant(root)
+    for name in ("mine", "sweep"):  # the user's folder; a folder that holds other runs
+        (root / "smoke" / "sweep" / "point").mkdir(parents=True, exist_ok=True)
+        (root / "smoke" / "sweep" / "point" / MARK).write_text("run\n")
+        code = main([*TRAIN, "--name", name, "--results", str(root)])
+        err = capsys.readouterr().err
+        assert code == 2 and _one_sentence(err), err
+        assert "already holds files the course did not write, and the course replaces only its own folders" in err
+        assert f"choose another run name than {name!r}" in err
+    assert _survive(files) and (root / "smoke" / "sweep" / "point" / MARK).exists()
+
+
+def test_a_failed_run_removes_only_the_folder_it_created(tmp_path, monkeypatch):
+    import lora_course.train as train_mod
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("simulated crash during training")
+
+    monkeypatch.setattr(train_mod, "train", boom)
+    root = tmp_path / "results"
+    files = _plant(root)
+    # Checkpointing runs create their folder (marked) before training: the failure removes it again.
+    cfg = RunConfig.create("qlora-r8-qv", "smoke", results_dir=root, name="fresh", save_strategy="steps", save_steps=2)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(cfg)
+    assert not cfg.out_dir.exists() and _survive(files)
+    assert sorted(p.name for p in (root / "smoke").iterdir()) == ["keep.txt", "mine"]
+
+
+def test_the_results_folder_is_checked_before_any_model_loads(tmp_path, capsys):
+    as_file = tmp_path / "results"
+    as_file.write_text("not a folder\n")
+    code = main([*TRAIN, "--results", str(as_file)])
+    err = capsys.readouterr().err
+    assert code == 2 and _one_sentence(err) and f"{as_file} is a file: pass --results <a folder" in err, err
+    assert as_file.read_text() == "not a folder\n"
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o500)
+        code = main([*TRAIN, "--results", str(locked / "results")])
+        err = capsys.readouterr().err
+        assert code == 2 and "cannot be written" in err and _one_sentence(err)
+
+
+# --------------------------------------------------------------------------- the atomic replace
+
+
+def test_atomic_dir_replaces_its_own_kind_only(tmp_path):
+    target = tmp_path / "merged"
+    with atomic_dir(target, "merged", "fix it") as tmp:
+        (tmp / "model.bin").write_text("one")
+    assert owned_kind(target) == "merged" and (target / "model.bin").read_text() == "one"
+    with atomic_dir(target, "merged", "fix it") as tmp:  # an earlier merged model is replaced
+        (tmp / "model.bin").write_text("two")
+    assert (target / "model.bin").read_text() == "two"
+    with pytest.raises(CourseError, match="already holds a merged, not a run, and the course replaces only its own"):
+        check_replaceable(target, "run", "fix it")
+    assert [p.name for p in tmp_path.iterdir()] == ["merged"]  # no scratch or old copy left beside it
+
+
+def test_a_failure_inside_atomic_dir_leaves_target_and_neighbours(tmp_path):
+    target = tmp_path / "run"
+    with atomic_dir(target, "run") as tmp:
+        (tmp / "a").write_text("kept")
+    with pytest.raises(RuntimeError, match="half way"):
+        with atomic_dir(target, "run") as tmp:
+            (tmp / "a").write_text("lost")
+            raise RuntimeError("half way")
+    assert (target / "a").read_text() == "kept" and [p.name for p in tmp_path.iterdir()] == ["run"]
+
+
+def test_scratch_of_a_killed_process_is_cleared_and_a_live_ones_kept(tmp_path):
+    dead = tmp_path / f".run.tmp{_dead_pid()}-abc"
+    live = tmp_path / f".run.tmp{os.getpid()}-def"
+    user = tmp_path / ".run.tmpnotes"
+    for p in (dead, live, user):
+        p.mkdir()
+        (p / "weights").write_text("x" * 1000)
+    assert clear_stale(tmp_path, ".run.tmp") == [dead]
+    assert live.exists() and user.exists() and not dead.exists()
+
+
+def test_the_trainer_scratch_of_a_killed_run_is_cleared(tmp_path, monkeypatch):
+    import tempfile
+
+    import lora_course.train as train_mod
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    stale = tmp_path / f"{SCRATCH_PREFIX}{_dead_pid()}-xyz"
+    stale.mkdir()
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("trainer set-up failed")
+
+    monkeypatch.setattr(train_mod, "build_trainer", boom)
+    with pytest.raises(RuntimeError, match="set-up failed"):
+        run(RunConfig.create("qlora-r8-qv", "smoke", results_dir=tmp_path / "results"))
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(SCRATCH_PREFIX)]  # neither the stale nor its own
+
+
+def test_written_folders_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "merged", "merged") as tmp:
+            (tmp / "model.safetensors").write_bytes(b"x")
+            (tmp / "model.safetensors").chmod(0o600)  # as a writer that makes private files would
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "merged").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "merged" / "model.safetensors").stat().st_mode) == 0o644
+
+
+# --------------------------------------------------------------------------- merge --out
+
+
+def test_merge_out_refuses_a_folder_that_is_not_a_merged_model(tmp_path, capsys):
+    out = tmp_path / "mine"
+    files = [out / "keep.txt", tmp_path / "keep.txt"]
+    for f in files:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text("the user's\n")
+    code = main(["merge", "--experiment", "qlora-r8-qv", "--profile", "smoke", "--results", str(tmp_path / "results"),
+                 "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and _one_sentence(err), err
+    assert f"{out} already holds files the course did not write" in err and "give --out a new or empty folder" in err
+    assert _survive(files) and sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt", "mine"]
