@@ -21,6 +21,7 @@ from .config import (
     RunConfig,
     TrainSettings,
     check_run_name,
+    parse_setting,
 )
 from .errors import CourseError
 
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parse_sets(items: list[str]) -> tuple[dict, dict]:
-    """NAME=VALUE pairs split into TrainSettings and LoraSettings overrides; values read as JSON when they parse."""
+    """NAME=VALUE pairs split into TrainSettings and LoraSettings overrides, each value read as its field's type."""
     train_names = {f for f in TrainSettings.__dataclass_fields__}
     lora_names = {f for f in LoraSettings.__dataclass_fields__}
     train, lora = {}, {}
@@ -139,14 +140,10 @@ def _parse_sets(items: list[str]) -> tuple[dict, dict]:
         name, sep, text = item.partition("=")
         if not sep or not name:
             raise CourseError(f"--set {item!r} is not NAME=VALUE: write e.g. --set learning_rate=1e-4.")
-        try:
-            value = json.loads(text)
-        except ValueError:
-            value = text
         if name in train_names:
-            train[name] = value
+            train[name] = parse_setting(TrainSettings, name, text)
         elif name in lora_names:
-            lora[name] = value
+            lora[name] = parse_setting(LoraSettings, name, text)
         else:
             raise CourseError(f"--set {name}: no trainer or LoRA setting has that name; trainer settings: "
                               f"{', '.join(sorted(train_names))}; LoRA settings: {', '.join(sorted(lora_names))}.")
