@@ -21,7 +21,10 @@ def _one_sentence(err: str) -> bool:
 def _refused(argv, tmp_path, capsys) -> str:
     """Run the command line; assert exit 2, one sentence on stderr and no results folder; return the sentence."""
     root = tmp_path / "results"
-    code = main([*argv, "--results", str(root)])
+    try:
+        code = main([*argv, "--results", str(root)])
+    except SystemExit as stop:  # argparse's own refusals
+        code = stop.code
     err = capsys.readouterr().err
     assert code == 2 and _one_sentence(err), err
     assert not root.exists() or not any(root.rglob("*")), sorted(root.rglob("*"))
@@ -54,8 +57,8 @@ def test_set_values_are_parsed_by_type_and_checked(item, message, tmp_path, caps
 
 
 def test_set_values_take_their_fields_types():
-    train, lora = _parse_sets(["learning_rate=1e-4", "max_length=128", "packing=true", "pad_to_multiple_of=none",
-                               "optim=sgd", "target_modules=q_proj", "lora_alpha=16", "lora_dropout=0"])
+    train, lora, _ = _parse_sets(["learning_rate=1e-4", "max_length=128", "packing=true", "pad_to_multiple_of=none",
+                                  "optim=sgd", "target_modules=q_proj", "lora_alpha=16", "lora_dropout=0"])
     assert train == {"learning_rate": 1e-4, "max_length": 128, "packing": True, "pad_to_multiple_of": None,
                      "optim": "sgd"}
     assert lora == {"target_modules": ("q_proj",), "lora_alpha": 16, "lora_dropout": 0.0}
@@ -105,3 +108,87 @@ def test_the_trainers_choices_are_the_installed_transformers_ones():
     assert set(typing.get_args(Optimizer)) == {o.value for o in OptimizerNames}
     assert set(typing.get_args(Scheduler)) == {s.value for s in SchedulerType}
     assert TrainSettings().optim in typing.get_args(Optimizer)
+
+
+# --------------------------------------------------------------------------- the rest of the trial
+
+
+def test_the_base_model_experiment_has_nothing_to_train(tmp_path, capsys):
+    err = _refused(["train", "--experiment", "baseline", "--profile", "smoke"], tmp_path, capsys)
+    assert "The experiment 'baseline' is the untuned base model: it has nothing to train" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "--experiment", "qlora-r8-qv", "--profile", "smoke", "--base", "--max-new-tokens", "-5"],
+     "argument --max-new-tokens: got -5; give 1 or more"),
+    (["generate", "--experiment", "qlora-r8-qv", "--profile", "smoke", "--base", "--max-new-tokens", "0"],
+     "argument --max-new-tokens: got 0; give 1 or more"),
+    (["bench", "--profile", "smoke", "--repeats", "0"], "argument --repeats: got 0; give 1 or more"),
+    (["bench", "--profile", "smoke", "--rows", "0"], "argument --rows: got 0; give 1 or more"),
+    (["bench", "--profile", "smoke", "--rows", "many"], "argument --rows: 'many' is not a whole number; give 1 or more"),
+    (["train-check", "--profile", "smoke", "--steps", "0", "--out", "x.json"], "argument --steps: got 0; give 1 or more"),
+])
+def test_counts_must_be_one_or_more(argv, message, tmp_path, capsys):
+    err = _refused(argv, tmp_path, capsys)
+    assert message in err, err
+
+
+def test_library_counts_are_checked_too(smoke_tokenizer):
+    from lora_course.bench import bench
+    from lora_course.config import PROFILES
+    from lora_course.generate import generate, time_generation
+
+    with pytest.raises(CourseError, match="max_new_tokens must be a whole number of 1 or more, got 0"):
+        generate(None, smoke_tokenizer, "a prompt", max_new_tokens=0)
+    with pytest.raises(CourseError, match="repeats must be a whole number of 1 or more, got 0"):
+        time_generation(None, smoke_tokenizer, ["a prompt"], repeats=0)
+    with pytest.raises(CourseError, match="rows must be a whole number of 1 or more, got 0"):
+        bench(PROFILES["smoke"], "qlora-r8-qv", rows=0)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_resume_on_a_machine_without_gpu_says_no_gpu(tmp_path, capsys):
+    err = _refused(["train", "--experiment", "qlora-r8-qv", "--profile", "gpu", "--resume"], tmp_path, capsys)
+    assert "needs a CUDA GPU and none is visible here" in err
+
+
+def test_a_small_data_file_can_be_fitted_from_the_command_line(tmp_path, capsys):
+    import pandas as pd
+
+    rows = tmp_path / "ten.csv"
+    pd.DataFrame({"product": [f"Lamp {i}" for i in range(10)], "category": ["Lamp"] * 10,
+                  "description": [f"A lamp, model {i}." for i in range(10)]}).to_csv(rows, index=False)
+    err = _refused([*TRAIN, "--data", str(rows)], tmp_path, capsys)
+    assert "Asked for 48 rows but the dataset from" in err and "lower n_rows (--set n_rows=N" in err
+    err = _refused([*TRAIN, "--data", str(rows), "--set", "n_rows=none", "--set", "test_size=20"], tmp_path, capsys)
+    assert "A test split of 20 rows needs more than the 10 usable rows: lower test_size (--set test_size=N" in err
+    train, lora, data = _parse_sets(["n_rows=none", "test_size=2", "overlong=drop"])
+    assert data == {"n_rows": None, "test_size": 2.0, "overlong": "drop"} and not train and not lora
+    assert RunConfig.create("qlora-r8-qv", "smoke", data=data).profile.data.test_size == 2
+
+
+@pytest.mark.parametrize("name", ["notes.txt", "data/rows.txt", "./rows", "~/missing/rows.csv", "a/b/c"])
+def test_a_missing_path_is_named_as_a_missing_file(name, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    err = _refused([*TRAIN, "--data", name], tmp_path, capsys)
+    assert "does not exist: check the path" in err and "model hub" not in err, err
+
+
+def test_a_text_file_is_named_as_the_wrong_format(tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("Lamp, a lamp\n")
+    err = _refused([*TRAIN, "--data", str(notes)], tmp_path, capsys)
+    assert "notes.txt is not a CSV, JSONL or parquet file (suffix '.txt')" in err
+
+
+def test_ctrl_c_prints_one_line_and_exits_130(tmp_path, capsys, monkeypatch):
+    import lora_course.train as train_mod
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "train", interrupted)
+    code = main([*TRAIN, "--results", str(tmp_path / "results")])
+    captured = capsys.readouterr()
+    assert code == 130 and captured.err == "interrupted: nothing was written.\n", captured.err
+    assert not (tmp_path / "results" / "smoke").exists() or not any((tmp_path / "results" / "smoke").iterdir())

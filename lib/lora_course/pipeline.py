@@ -77,17 +77,35 @@ def run(config: RunConfig, *, evaluate: str = "none", retrain: bool = False, res
         raise CourseError(f"Unknown evaluation {evaluate!r}: use 'none', 'loss' or 'full'.")
     if resume and retrain:
         raise CourseError("--resume and --retrain contradict each other: resume continues a run, retrain starts afresh.")
-    if not retrain and not resume:
-        previous = load_run(config.out_dir)
-        if previous is not None and previous.config.same_run_as(config):
-            return _evaluated(previous, config, evaluate, keep_model)
+    previous = None if resume else load_run(config.out_dir)
+    if previous is not None and not retrain and previous.config.same_run_as(config):
+        previous.reused = True
+        return _evaluated(previous, config, evaluate, keep_model)
     check_run_folder(config)
+    if previous is not None and not previous.config.same_run_as(config):
+        changed = _differences(previous.config, config)
+        print(f"replacing the finished run in {config.out_dir}, trained with other settings ({changed}); "
+              "a new name keeps both.")
     return _train(config, evaluate, resume, list(callbacks), keep_model)
+
+
+def _differences(old: RunConfig, new: RunConfig, limit: int = 4) -> str:
+    """The settings two configs differ in, as "name old -> new" (the first `limit` of them)."""
+    from .tracking import flatten
+
+    a, b = flatten(old.to_dict()), flatten(new.to_dict())
+    names = [k for k in sorted(set(a) | set(b)) if k != "results_dir" and a.get(k) != b.get(k)]
+    shown = [f"{k.rsplit('.', 1)[-1]} {a.get(k)} -> {b.get(k)}" for k in names[:limit]]
+    return ", ".join(shown) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def check_run_folder(config: RunConfig) -> None:
     """Before anything loads: the results folder can be written, and the run's folder is absent,
     empty, or a run folder the course wrote (so replacing it loses nothing of the user's)."""
+    from .model import check_device, check_quantization
+
+    check_device(config.profile.device)  # "no GPU" comes before anything about the run's folder
+    check_quantization(config.experiment.quantization)
     check_writable(config.results_dir)
     check_replaceable(config.out_dir, "run", f"choose another run name than {config.name!r} or move that folder away")
 

@@ -304,6 +304,7 @@ class Run:
     evaluation: Evaluation | None = None
     model: Any = None
     tokenizer: Any = None
+    reused: bool = False  # True when a finished run with the same config was found on disk, not trained
 
     @property
     def name(self) -> str:
