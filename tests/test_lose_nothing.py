@@ -195,3 +195,91 @@ def test_merge_out_refuses_a_folder_that_is_not_a_merged_model(tmp_path, capsys)
     assert code == 2 and _one_sentence(err), err
     assert f"{out} already holds files the course did not write" in err and "give --out a new or empty folder" in err
     assert _survive(files) and sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt", "mine"]
+
+
+# --------------------------------------------------------------------------- said on screen, not lost quietly
+
+
+class _FakeAdapter:
+    """Stands in for a trained PEFT model: write_run only asks it to save itself."""
+
+    def save_pretrained(self, folder, **kwargs):
+        os.makedirs(folder)
+        with open(os.path.join(folder, "adapter_config.json"), "w") as f:
+            f.write("{}\n")
+
+
+def _finished_run(root, **train):
+    """A finished run folder written by write_run, without training (measurements made up)."""
+    from lora_course.results import Run, TrainResult, write_run
+
+    cfg = RunConfig.create("qlora-r8-qv", "smoke", results_dir=root, **train)
+    result = TrainResult(losses=[{"step": 1, "loss": 2.0}], eval_losses=[], wall_time_s=3.0, step_seconds=[3.0],
+                         peak_memory_mib=100.0, memory_kind="process_peak_rss", tokens_trained=1000, steps=1)
+    report = {"notes": ["2 row(s) longer than max_length=512 tokens will be truncated"]}
+    write_run(Run(cfg, result, {"trainable": 1}, report, cfg.out_dir, model=_FakeAdapter()))
+    return cfg
+
+
+def test_a_reused_run_and_its_data_notes_are_said(tmp_path, capsys):
+    cfg = _finished_run(tmp_path)
+    assert main([*TRAIN, "--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"reused the finished run in {cfg.out_dir}: it has the same settings (--retrain trains it again)"
+    assert out[1] == "data: 2 row(s) longer than max_length=512 tokens will be truncated"
+
+
+def test_replacing_a_run_with_other_settings_is_said(tmp_path, capsys, monkeypatch):
+    import lora_course.pipeline as pipeline
+
+    cfg = _finished_run(tmp_path)
+
+    def stop(*args, **kwargs):
+        raise CourseError("stopped before training.")
+
+    monkeypatch.setattr(pipeline, "_train", stop)
+    assert main([*TRAIN, "--results", str(tmp_path), "--set", "learning_rate=1e-3"]) == 2
+    out = capsys.readouterr().out
+    assert out == (f"replacing the finished run in {cfg.out_dir}, trained with other settings "
+                   "(learning_rate 0.005 -> 0.001); a new name keeps both.\n")
+    assert (cfg.out_dir / "config.json").exists()
+
+
+def test_replacing_a_run_says_its_merged_model_went_with_it(tmp_path, capsys):
+    cfg = _finished_run(tmp_path)
+    with atomic_dir(cfg.out_dir / "merged", "merged") as tmp:
+        (tmp / "model.safetensors").write_bytes(b"x")
+    capsys.readouterr()
+    _finished_run(tmp_path)
+    assert capsys.readouterr().out == (f"removed the merged model in {cfg.out_dir / 'merged'}: it merged the adapter "
+                                       "this run replaced; run merge again for the new one.\n")
+    assert not (cfg.out_dir / "merged").exists() and (cfg.out_dir / MARK).read_text() == "run\n"
+
+
+def test_the_mlflow_store_is_created_under_a_lock(tmp_path, monkeypatch):
+    """Two first runs at once both created the store's tables, and one went untracked ("duplicate column
+    name: step"): the store is opened and its experiment made while holding <results>/mlflow.db.lock."""
+    import fcntl
+
+    import mlflow.tracking
+
+    from lora_course.tracking import DB_NAME, track_run
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    root = tmp_path / "results"
+    real = mlflow.tracking.MlflowClient
+    held = []
+
+    def client(*args, **kwargs):
+        with open(root / f"{DB_NAME}.lock", "a") as other:  # a second open file: flock sees another holder
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held.append(False)
+            except BlockingIOError:
+                held.append(True)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mlflow.tracking, "MlflowClient", client)
+    with track_run(RunConfig.create("qlora-r8-qv", "smoke", results_dir=root)) as tracker:
+        tracker.log_metrics({"x": 1.0})
+    assert held == [True] and tracker.enabled and (root / DB_NAME).exists()
