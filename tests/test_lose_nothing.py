@@ -150,6 +150,24 @@ def test_scratch_of_a_killed_process_is_cleared_and_a_live_ones_kept(tmp_path):
     assert live.exists() and user.exists() and not dead.exists()
 
 
+def test_any_run_clears_the_scratch_of_killed_runs_in_its_profile(tmp_path, capsys, monkeypatch):
+    import lora_course.pipeline as pipeline
+
+    profile = tmp_path / "smoke"
+    dead, live = _dead_pid(), os.getpid()
+    stale = [profile / f".qlora-r16-qv.tmp{dead}-a1", profile / f".other.old{dead}-b2"]
+    kept = [profile / f".mine.tmp{live}-c3", profile / ".notes.tmp-x", profile / "mine"]
+    for p in stale + kept:
+        p.mkdir(parents=True)
+
+    def stop(*args, **kwargs):
+        raise CourseError("stopped before training.")
+
+    monkeypatch.setattr(pipeline, "_train", stop)
+    assert main([*TRAIN, "--results", str(tmp_path)]) == 2
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
+
+
 def test_the_trainer_scratch_of_a_killed_run_is_cleared(tmp_path, monkeypatch):
     import tempfile
 
@@ -283,3 +301,31 @@ def test_the_mlflow_store_is_created_under_a_lock(tmp_path, monkeypatch):
     with track_run(RunConfig.create("qlora-r8-qv", "smoke", results_dir=root)) as tracker:
         tracker.log_metrics({"x": 1.0})
     assert held == [True] and tracker.enabled and (root / DB_NAME).exists()
+
+
+def test_a_resumed_run_counts_the_whole_run(tmp_path, capsys):
+    """Stopped by Ctrl-C in step 2 (checkpoint at step 1), resumed: the metrics are those of all 3 steps."""
+    from transformers import TrainerCallback
+
+    class CtrlC(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                raise KeyboardInterrupt
+
+    whole = run(RunConfig.create("qlora-r8-qv", "smoke", name="whole", results_dir=tmp_path, max_steps=3)).result
+    cfg = RunConfig.create("qlora-r8-qv", "smoke", name="stopped", results_dir=tmp_path, max_steps=3,
+                           save_strategy="steps", save_steps=1)
+    with pytest.raises(KeyboardInterrupt) as stop:
+        run(cfg, callbacks=[CtrlC()])
+    assert stop.value.__notes__ == [f"checkpoints kept in {cfg.out_dir / 'checkpoints'}: rerun with --resume "
+                                    "(or resume=True) to continue from the newest one"]
+    resumed = run(cfg, resume=True).result
+    assert resumed.steps == whole.steps == 3 and len(resumed.step_seconds) == 3
+    assert resumed.tokens_trained == whole.tokens_trained
+    assert [x["loss"] for x in resumed.losses] == pytest.approx([x["loss"] for x in whole.losses], rel=1e-4)
+    assert resumed.wall_time_s >= sum(resumed.step_seconds)
+    assert sorted(p.name for p in cfg.out_dir.iterdir()) == [MARK, "adapter", "config.json", "losses.json",
+                                                             "metrics.json"]
+    mask = os.umask(0)
+    os.umask(mask)  # safetensors writes 0600; the run's files follow the umask like any other file
+    assert stat.S_IMODE((cfg.out_dir / "adapter" / "adapter_model.safetensors").stat().st_mode) == 0o666 & ~mask

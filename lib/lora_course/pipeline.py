@@ -13,6 +13,7 @@ the main process writes the results folder, the adapter and the MLflow run.
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -28,10 +29,13 @@ from .results import (
     Run,
     check_replaceable,
     check_writable,
+    clear_dead_scratch,
     clear_stale,
     load_run,
     mark,
+    read_json,
     scratch_dir,
+    write_json,
     write_run,
 )
 
@@ -82,7 +86,7 @@ def run(config: RunConfig, *, evaluate: str = "none", retrain: bool = False, res
         previous.reused = True
         return _evaluated(previous, config, evaluate, keep_model)
     check_run_folder(config)
-    if previous is not None and not previous.config.same_run_as(config):
+    if previous is not None and not previous.config.same_run_as(config) and os.environ.get("RANK", "0") == "0":
         changed = _differences(previous.config, config)
         print(f"replacing the finished run in {config.out_dir}, trained with other settings ({changed}); "
               "a new name keeps both.")
@@ -108,6 +112,8 @@ def check_run_folder(config: RunConfig) -> None:
     check_quantization(config.experiment.quantization)
     check_writable(config.results_dir)
     check_replaceable(config.out_dir, "run", f"choose another run name than {config.name!r} or move that folder away")
+    for folder in {config.out_dir.parent, Path(config.results_dir) / config.profile.name}:
+        clear_dead_scratch(folder)  # a killed run's half-written folders (hundreds of MB each)
 
 
 @dataclass
@@ -165,6 +171,68 @@ def prepare(config: RunConfig, callbacks: Sequence = ()) -> Prepared:
     return Prepared(precision, tokenizer, data, model, params, trainer, scratch)
 
 
+class Progress:
+    """What a run measured up to each checkpoint (tokens, wall time, step times), saved in the checkpoint,
+    so that a resumed run's metrics count the whole run and not only the steps after the resume.
+
+    One file per process, `course_progress-rank<R>.json`: each process counts its own tokens.
+    """
+
+    def __init__(self):
+        import time
+
+        from transformers import TrainerCallback
+
+        me = self
+        self.trainer = None
+        self.earlier = {"tokens": 0, "wall_time_s": 0.0, "step_seconds": []}
+        self.step_seconds: list[float] = []
+        self._start = self._step = 0.0
+
+        class _Callback(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kwargs):
+                me._start = time.perf_counter()
+
+            def on_step_begin(self, args, state, control, **kwargs):
+                me._step = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                me.step_seconds.append(time.perf_counter() - me._step)
+
+            def on_save(self, args, state, control, **kwargs):
+                folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                folder.mkdir(parents=True, exist_ok=True)
+                write_json(folder / me.file_name(args.process_index), {
+                    "tokens": int(getattr(me.trainer, "tokens_seen", 0)),
+                    "wall_time_s": me.earlier["wall_time_s"] + time.perf_counter() - me._start,
+                    "step_seconds": me.earlier["step_seconds"] + me.step_seconds,
+                })
+
+        self.callback = _Callback()
+
+    @staticmethod
+    def file_name(rank: int) -> str:
+        return f"course_progress-rank{rank}.json"
+
+    def restore(self, checkpoint: Path | None) -> None:
+        """Start counting where the checkpoint's run left off (tokens go on in the trainer's own counter)."""
+        if checkpoint is None:
+            return
+        path = Path(checkpoint) / self.file_name(self.trainer.args.process_index)
+        if not path.exists():
+            print(f"{checkpoint} has no record of the steps before it: metrics.json counts the resumed steps only.")
+            return
+        self.earlier = read_json(path)
+        self.trainer.tokens_seen = int(self.earlier["tokens"])
+
+    def whole_run(self, result):
+        """The trainer's result with the steps before the resume counted in (losses already are)."""
+        import dataclasses
+
+        return dataclasses.replace(result, wall_time_s=self.earlier["wall_time_s"] + result.wall_time_s,
+                                   step_seconds=self.earlier["step_seconds"] + result.step_seconds)
+
+
 def _train(config: RunConfig, evaluate: str, resume: bool, callbacks: list, keep_model: bool) -> Run:
     from .train import train
 
@@ -183,10 +251,16 @@ def _train(config: RunConfig, evaluate: str, resume: bool, callbacks: list, keep
             out_dir.mkdir(parents=True)
             mark(out_dir, "run")  # holds checkpoints for --resume; the finished run replaces it
     result, p = None, None
+    progress = Progress() if config.profile.train.save_strategy != "no" else None
     try:
-        p = prepare(config, callbacks)
+        p = prepare(config, callbacks + ([progress.callback] if progress else []))
         if p.trainer is not None:
+            if progress is not None:
+                progress.trainer = p.trainer
+                progress.restore(resume_from)
             result = train(p.trainer, resume_from)
+            if progress is not None:
+                result = progress.whole_run(result)
     except BaseException as exc:
         if p is not None and p.scratch is not None:
             shutil.rmtree(p.scratch, ignore_errors=True)

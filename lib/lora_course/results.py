@@ -23,6 +23,7 @@ import glob
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -151,6 +152,18 @@ def clear_stale(folder: str | Path, prefix: str) -> list[Path]:
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
     return removed
+
+
+_SCRATCH = re.compile(r"^\..+\.(tmp|old)(\d+)-")  # what atomic_dir leaves beside its target: .<name>.tmp<pid>-...
+
+
+def clear_dead_scratch(folder: str | Path) -> list[Path]:
+    """Remove every atomic_dir scratch folder in `folder` whose process has died, whatever its target."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    prefixes = {p.name[: m.end(1)] for p in folder.iterdir() if (m := _SCRATCH.match(p.name))}
+    return [removed for prefix in sorted(prefixes) for removed in clear_stale(folder, prefix)]
 
 
 def scratch_dir(folder: str | Path, prefix: str) -> Path:
