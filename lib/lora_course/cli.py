@@ -189,7 +189,7 @@ def cmd_train(args) -> int:
     from .pipeline import run
 
     if args.name:
-        check_run_name(args.name)
+        check_run_name(args.name, nested=True)  # e.g. ddp/2-processes, as chapter 9 launches it
     train, lora, data = _parse_sets(args.set)
     if args.max_steps is not None:
         train["max_steps"] = args.max_steps

@@ -566,12 +566,14 @@ _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012
 def check_run_name(name: str, nested: bool = False) -> None:
     """A run name is one folder name: letters, digits, '.', '_', '-', and not '.' or '..'.
 
-    With `nested`, '/' may separate several such parts (the library's own "sweep/<point>").
+    With `nested`, '/' may separate several such parts ("sweep/<point>", "ddp/2-processes"): the run's
+    folder then lies deeper inside results/<profile>, never outside it.
     """
     parts = name.split("/") if nested else [name]
     if not all(p and p not in (".", "..") and set(p) <= _NAME_CHARS for p in parts):
+        between = " ('/' between folder names)" if nested else ""
         raise CourseError(f"The run name {name!r} is not a folder name: use letters, digits, '.', '_' and '-' "
-                          "only (not '.' or '..'), e.g. --name qv-long.")
+                          f"only{between}, not '.' or '..', e.g. --name qv-long.")
 
 
 @dataclass(frozen=True)
