@@ -201,6 +201,16 @@ def test_written_folders_follow_the_umask(tmp_path):
 # --------------------------------------------------------------------------- merge --out
 
 
+def test_a_merged_model_saved_before_marks_existed_is_recognised(tmp_path):
+    old = tmp_path / "merged"
+    old.mkdir()
+    for name in ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        (old / name).write_text("{}")
+    assert owned_kind(old) == "merged"
+    (old / "notes.txt").write_text("the user's\n")  # anything else makes it the user's folder
+    assert owned_kind(old) is None
+
+
 def test_merge_out_refuses_a_folder_that_is_not_a_merged_model(tmp_path, capsys):
     out = tmp_path / "mine"
     files = [out / "keep.txt", tmp_path / "keep.txt"]

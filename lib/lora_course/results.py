@@ -94,8 +94,17 @@ def owned_kind(folder: str | Path) -> str | None:
             RunConfig.from_json((folder / "config.json").read_text())
             return "run"
         except Exception:  # a transformers config.json, or anything else: not a run of ours
-            return None
+            pass
+        names = [p.name for p in folder.iterdir()]
+        if any(n.endswith(".safetensors") for n in names) and all(_saved_model_file(n) for n in names):
+            return "merged"  # only what save_pretrained writes for a model and its tokenizer
     return None
+
+
+def _saved_model_file(name: str) -> bool:
+    return (name in ("config.json", "generation_config.json", "special_tokens_map.json", "chat_template.jinja",
+                     "vocab.json", "merges.txt", "added_tokens.json", "model.safetensors.index.json")
+            or name.startswith(("tokenizer", "model")) and name.endswith((".json", ".safetensors", ".model")))
 
 
 def check_replaceable(target: str | Path, kind: str, fix: str) -> None:
