@@ -169,6 +169,13 @@ def test_a_small_data_file_can_be_fitted_from_the_command_line(tmp_path, capsys)
 
 @pytest.mark.parametrize("name", ["notes.txt", "data/rows.txt", "./rows", "~/missing/rows.csv", "a/b/c"])
 def test_a_missing_path_is_named_as_a_missing_file(name, tmp_path, capsys, monkeypatch):
+    import lora_course.model as model
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a tokenizer or model was loaded before the data source was checked")
+
+    monkeypatch.setattr(model, "load_tokenizer", no_loading)
+    monkeypatch.setattr(model, "load_model", no_loading)
     monkeypatch.chdir(tmp_path)
     err = _refused([*TRAIN, "--data", name], tmp_path, capsys)
     assert "does not exist: check the path" in err and "model hub" not in err, err

@@ -101,15 +101,25 @@ def load_table(source: str | os.PathLike = "sample") -> pd.DataFrame:
                 "(git clone, then pip install -e .) so the data/ folder is present."
             )
         return _read_file(SAMPLE_PATH)
+    path = check_source(source)
+    return _read_file(path) if path is not None else _load_hub(source)
+
+
+def check_source(source: str | os.PathLike) -> Path | None:
+    """The local file a data source names (None for a hub id), refused at once if missing or not a table file.
+
+    Cheap: nothing is read, so a run checks its source before any model loads.
+    """
+    source = str(source)
     path = Path(source).expanduser()
-    if path.exists() or _looks_like_a_path(source):
-        if not path.exists():
-            raise CourseError(f"Data file {path} does not exist: check the path or use the bundled sample ('sample').")
-        if path.is_file() and path.suffix.lower() not in FILE_SUFFIXES:
-            raise CourseError(f"{path} is not a CSV, JSONL or parquet file (suffix {path.suffix or 'none'!r}): "
-                              "convert it to one of those, with the columns product, category, description.")
-        return _read_file(path)
-    return _load_hub(source)
+    if source == "sample" or not (path.exists() or _looks_like_a_path(source)):
+        return None
+    if not path.exists():
+        raise CourseError(f"Data file {path} does not exist: check the path or use the bundled sample ('sample').")
+    if path.is_file() and path.suffix.lower() not in FILE_SUFFIXES:
+        raise CourseError(f"{path} is not a CSV, JSONL or parquet file (suffix {path.suffix or 'none'!r}): "
+                          "convert it to one of those, with the columns product, category, description.")
+    return path
 
 
 FILE_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")

@@ -106,10 +106,12 @@ def _differences(old: RunConfig, new: RunConfig, limit: int = 4) -> str:
 def check_run_folder(config: RunConfig) -> None:
     """Before anything loads: the results folder can be written, and the run's folder is absent,
     empty, or a run folder the course wrote (so replacing it loses nothing of the user's)."""
+    from .data import check_source
     from .model import check_device, check_quantization
 
     check_device(config.profile.device)  # "no GPU" comes before anything about the run's folder
     check_quantization(config.experiment.quantization)
+    check_source(config.profile.data.source)
     check_writable(config.results_dir)
     check_replaceable(config.out_dir, "run", f"choose another run name than {config.name!r} or move that folder away")
     for folder in {config.out_dir.parent, Path(config.results_dir) / config.profile.name}:

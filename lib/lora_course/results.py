@@ -131,6 +131,8 @@ def check_writable(folder: str | Path, fix: str = "pass --results <a folder you 
     folder = Path(folder)
     for p in (folder, *folder.parents):
         if p.exists():
+            if not p.is_dir() and p == folder:
+                raise CourseError(f"The results folder {folder} is a file: {fix}.")
             if not p.is_dir():
                 raise CourseError(f"The results folder {folder} cannot be made: {p} is a file: {fix}.")
             if not os.access(p, os.W_OK | os.X_OK):
