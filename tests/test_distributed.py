@@ -36,7 +36,8 @@ def test_one_results_folder_written_once_by_the_main_process(compared):
 
     _, root = compared
     folder = root / "smoke" / "ddp" / "2-processes"
-    assert sorted(p.name for p in folder.iterdir()) == ["adapter", "config.json", "losses.json", "metrics.json"]
+    assert sorted(p.name for p in folder.iterdir()) == [".lora_course", "adapter", "config.json", "losses.json",
+                                                        "metrics.json"]
     assert [p.name for p in folder.parent.iterdir() if p.name.startswith(".")] == []  # no leftover scratch folder
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["steps"] == 5

@@ -212,7 +212,7 @@ def test_set_names_a_setting_that_does_not_exist(capsys, tmp_path):
     assert main(["train", "--experiment", "qlora-r8-qv", "--profile", "smoke", "--set", "lr=1e-4",
                  "--results", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "--set lr: no trainer or LoRA setting has that name" in err and _one_sentence(err)
+    assert "--set lr: no trainer, LoRA or data setting has that name" in err and _one_sentence(err)
 
 
 def test_failed_training_leaves_no_folder(tmp_path, monkeypatch):

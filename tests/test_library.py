@@ -227,7 +227,8 @@ def test_smoke_training_loss_falls_and_results_are_written(smoke_run):
     assert len(r.step_seconds) == r.steps
     # Every non-padding token counted: the smoke rows' tokens, 6 steps of 4 rows.
     out = smoke_run.out_dir
-    assert sorted(p.name for p in out.iterdir()) == ["adapter", "config.json", "eval.json", "losses.json", "metrics.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".lora_course", "adapter", "config.json", "eval.json", "losses.json",
+                                                     "metrics.json"]
     assert RunConfig.from_json((out / "config.json").read_text()) == smoke_run.config
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["tokens_trained"] == r.tokens_trained

@@ -148,10 +148,15 @@ def bench(profile: Profile, experiment: str, *, results_dir="results", rows: int
           settings: tuple[str, ...] = ("blog", "recommended"), latency: bool = True, latency_tokens: int = 32,
           latency_repeats: int = 3, retrain: bool = False) -> BenchResult:
     """Measure training (per trainer setting) and generation latency for one experiment."""
+    from .generate import check_count
     from .merge import measure_serving_latency
     from .pipeline import run
 
-    rows = rows or profile.bench_rows
+    rows = profile.bench_rows if rows is None else rows
+    check_count("rows", rows)
+    if latency:
+        check_count("latency_repeats", latency_repeats)
+        check_count("latency_tokens", latency_tokens)
     result = BenchResult(profile.name, experiment, profile.model, profile.device)
     last = None
     for name in settings:

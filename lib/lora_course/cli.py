@@ -11,7 +11,18 @@ import json
 import os
 import sys
 
-from .config import EXPERIMENTS, EXTRA_EXPERIMENTS, MODELS, PROFILES, LoraSettings, RunConfig, TrainSettings
+from .config import (
+    EXPERIMENTS,
+    EXTRA_EXPERIMENTS,
+    MODELS,
+    PROFILES,
+    DataSettings,
+    LoraSettings,
+    RunConfig,
+    TrainSettings,
+    check_run_name,
+    parse_setting,
+)
 from .errors import CourseError
 from .targets import TARGET_SETS
 
@@ -24,6 +35,17 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         print(f"error: {message}: see {self.prog} --help.", file=sys.stderr)
         raise SystemExit(2)
+
+
+def _count(text: str) -> int:
+    """argparse type of a count: a whole number from 1 up (argparse puts the option's name before the message)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; give 1 or more") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"got {value}; give 1 or more")
+    return value
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
@@ -55,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "instruction, input, output; or prompt, completion)")
     p.add_argument("--max-steps", type=int, default=None, help="override the profile's step budget")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                   help="override a trainer (SFTConfig) or LoRA (LoraConfig) setting by its name, e.g. learning_rate=1e-4")
+                   help="override a trainer (SFTConfig), LoRA (LoraConfig) or data setting by its name, "
+                        "e.g. learning_rate=1e-4, target_modules=q_proj,k_proj or test_size=2")
     p.add_argument("--precision", action="append", default=[], metavar="NAME=VALUE",
                    help="override a precision setting, e.g. quant_storage=fp32 for FSDP (see PrecisionSettings)")
     p.add_argument("--name", default="", help="the run's folder name (default: the experiment's)")
@@ -71,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instruction", default=None,
                    help="an instruction in the Alpaca template instead of a product (for your own data)")
     p.add_argument("--base", action="store_true", help="use the untuned base model, no adapter")
-    p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--max-new-tokens", type=_count, default=None, help="tokens to generate (default: the profile's)")
 
     p = sub.add_parser("merge", help="merge a trained adapter into a float base and check the logits")
     _run_args(p)
@@ -80,10 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="measure training throughput, memory and generation latency side by side")
     p.add_argument("--experiment", default="qlora-r8-qv", help=f"one of: {', '.join(EXPERIMENTS)}")
     p.add_argument("--profile", default="cpu", help=f"one of: {', '.join(PROFILES)} (default: cpu)")
-    p.add_argument("--rows", type=int, default=None, help="training rows, one pass per trainer setting (default: the profile's bench_rows)")
+    p.add_argument("--rows", type=_count, default=None, help="training rows, one pass per trainer setting (default: the profile's bench_rows)")
     p.add_argument("--random-weights", action="store_true", help="the profile model's architecture with random weights (no download)")
     p.add_argument("--data", default=None, help="data source override, e.g. 'sample' for a gpu run offline")
-    p.add_argument("--repeats", type=int, default=3, help="timed generation runs per model (default: 3)")
+    p.add_argument("--repeats", type=_count, default=3, help="timed generation runs per model (default: 3)")
     p.add_argument("--no-latency", action="store_true", help="measure training only")
     p.add_argument("--results", default="results", help="results root folder (default: results)")
     p.add_argument("--model", default=None,
@@ -97,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train-check", help="the profile's trainer on random weights: loss, adapter movement, memory (JSON)")
     p.add_argument("--profile", default="gpu", help=f"one of: {', '.join(PROFILES)} (default: gpu)")
-    p.add_argument("--steps", type=int, default=40, help="optimizer steps per run (default: 40)")
+    p.add_argument("--steps", type=_count, default=40, help="optimizer steps per run (default: 40)")
     p.add_argument("--out", required=True, help="JSON file to write")
     p.add_argument("--results", default="results", help="results root folder (default: results)")
 
@@ -143,29 +166,27 @@ def main(argv: list[str] | None = None) -> int:
     except CourseError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:  # Ctrl-C: one line, with what was kept, and the shell's code for SIGINT
+        kept = "; ".join(getattr(exc, "__notes__", ())) or "nothing was written"
+        print(f"interrupted: {kept}.", file=sys.stderr)
+        return 130
 
 
-def _parse_sets(items: list[str]) -> tuple[dict, dict]:
-    """NAME=VALUE pairs split into TrainSettings and LoraSettings overrides; values read as JSON when they parse."""
-    train_names = {f for f in TrainSettings.__dataclass_fields__}
-    lora_names = {f for f in LoraSettings.__dataclass_fields__}
-    train, lora = {}, {}
+def _parse_sets(items: list[str]) -> tuple[dict, dict, dict]:
+    """NAME=VALUE pairs split into TrainSettings, LoraSettings and DataSettings overrides, each value read
+    as its field's declared type."""
+    kinds = {"trainer": TrainSettings, "LoRA": LoraSettings, "data": DataSettings}
+    found: dict[str, dict] = {kind: {} for kind in kinds}
     for item in items:
         name, sep, text = item.partition("=")
         if not sep or not name:
             raise CourseError(f"--set {item!r} is not NAME=VALUE: write e.g. --set learning_rate=1e-4.")
-        try:
-            value = json.loads(text)
-        except ValueError:
-            value = text
-        if name in train_names:
-            train[name] = value
-        elif name in lora_names:
-            lora[name] = value
-        else:
-            raise CourseError(f"--set {name}: no trainer or LoRA setting has that name; trainer settings: "
-                              f"{', '.join(sorted(train_names))}; LoRA settings: {', '.join(sorted(lora_names))}.")
-    return train, lora
+        kind = next((k for k, cls in kinds.items() if name in cls.__dataclass_fields__), None)
+        if kind is None:
+            known = "; ".join(f"{k} settings: {', '.join(sorted(cls.__dataclass_fields__))}" for k, cls in kinds.items())
+            raise CourseError(f"--set {name}: no trainer, LoRA or data setting has that name; {known}.")
+        found[kind][name] = parse_setting(kinds[kind], name, text)
+    return found["trainer"], found["LoRA"], found["data"]
 
 
 def _with_model(profile, model: str | None):
@@ -201,10 +222,15 @@ def cmd_train(args) -> int:
     from .config import get_experiment, get_profile
     from .pipeline import run
 
-    train, lora = _parse_sets(args.set)
+    if args.name:
+        check_run_name(args.name, nested=True)  # e.g. ddp/2-processes, as chapter 9 launches it
+    train, lora, data = _parse_sets(args.set)
     if args.max_steps is not None:
         train["max_steps"] = args.max_steps
     experiment = get_experiment(args.experiment)
+    if experiment.lora is None:
+        raise CourseError(f"The experiment {experiment.name!r} is the untuned base model: it has nothing to train; "
+                          f"see its output with generate --base, or pick a LoRA experiment to train.")
     if lora:
         experiment = experiment.with_lora(**lora)
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -216,12 +242,12 @@ def cmd_train(args) -> int:
                               f"{world} processes: set --set gradient_accumulation_steps=<a multiple of {world}>.")
         accumulation //= world
         train["gradient_accumulation_steps"] = accumulation
-    data = {"source": args.data} if args.data is not None else {}
+    if args.data is not None:
+        data["source"] = args.data
     if args.columns is not None:
         from .formats import parse_columns
 
         data["columns"] = parse_columns(args.columns)
-    data = data or None
     precision = {}
     for item in args.precision:
         name, sep, value = item.partition("=")
@@ -229,7 +255,7 @@ def cmd_train(args) -> int:
             raise CourseError(f"--precision {item!r} is not NAME=VALUE: write e.g. --precision quant_storage=fp32.")
         precision[name] = value
     config = RunConfig.create(experiment, profile, seed=args.seed, results_dir=args.results, name=args.name,
-                              data=data, precision=precision or None, **train)
+                              data=data or None, precision=precision or None, **train)
     micro = config.profile.train.per_device_train_batch_size
     if world > 1 and os.environ.get("RANK", "0") == "0":
         print(f"{world} processes x {micro} rows x {accumulation} accumulation = {world * micro * accumulation} rows "
@@ -237,6 +263,10 @@ def cmd_train(args) -> int:
     r = run(config, retrain=args.retrain, resume=args.resume)
     if os.environ.get("RANK", "0") == "0":
         t = r.result
+        if r.reused:
+            print(f"reused the finished run in {r.out_dir}: it has the same settings (--retrain trains it again)")
+        for note in r.data_report.get("notes", []):
+            print(f"data: {note}")
         print(f"{config.name} @ {config.profile.name}: {t.steps} steps, loss {t.first_loss:.3f} -> {t.final_loss:.3f}, "
               f"{t.wall_time_s:.0f} s, {t.tokens_trained:,} tokens, peak {t.peak_memory_mib:,.0f} MiB ({t.memory_kind})")
         print(f"results: {r.out_dir}")
@@ -261,18 +291,21 @@ def cmd_generate(args) -> int:
         model = load_model(config.profile, config.experiment.quantization)
     else:
         model = load_adapter_model(config.profile, config.out_dir / "adapter", config.experiment.quantization)
-    print(generate(model, tokenizer, prompt, args.max_new_tokens or config.profile.max_new_tokens))
+    max_new_tokens = args.max_new_tokens if args.max_new_tokens is not None else config.profile.max_new_tokens
+    print(generate(model, tokenizer, prompt, max_new_tokens))
     return 0
 
 
 def cmd_merge(args) -> int:
     from .data import BLOG_PROMPTS, product_prompt
-    from .merge import merge_and_check, save_merged
+    from .merge import check_merged_out, merge_and_check, save_merged
 
     config = _config(args)
+    out_dir = args.out or config.out_dir / "merged"
+    check_merged_out(out_dir)
     prompts = [product_prompt(p, c) for p, c in BLOG_PROMPTS]
     report = merge_and_check(config.profile, config.out_dir / "adapter", prompts)
-    out = save_merged(report.merged_model, report.tokenizer, args.out or config.out_dir / "merged")
+    out = save_merged(report.merged_model, report.tokenizer, out_dir)
     print(f"max |logit(adapter) - logit(merged)| = {report.max_abs_logit_diff:.3g}")
     print(f"merged model: {out}")
     return 0

@@ -15,7 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -219,6 +223,123 @@ def external_spec(name: str) -> ModelSpec:
 
 
 # --------------------------------------------------------------------------- settings
+# The trainer's choices (transformers' OptimizerNames and SchedulerType): a test keeps them equal to
+# the installed version's, so that a typo is refused here, before any model loads.
+Optimizer = Literal[
+    "adamw_torch", "adamw_torch_fused", "adamw_torch_xla", "adamw_torch_npu_fused", "adafactor", "adamw_anyprecision",
+    "adamw_torch_4bit", "adamw_torch_8bit", "ademamix", "sgd", "adagrad", "adamw_bnb_8bit", "adamw_8bit",
+    "ademamix_8bit", "lion_8bit", "lion_32bit", "paged_adamw_32bit", "paged_adamw_8bit", "paged_ademamix_32bit",
+    "paged_ademamix_8bit", "paged_lion_32bit", "paged_lion_8bit", "rmsprop", "rmsprop_bnb", "rmsprop_bnb_8bit",
+    "rmsprop_bnb_32bit", "galore_adamw", "galore_adamw_8bit", "galore_adafactor", "galore_adamw_layerwise",
+    "galore_adamw_8bit_layerwise", "galore_adafactor_layerwise", "lomo", "adalomo", "grokadamw",
+    "schedule_free_radam", "schedule_free_adamw", "schedule_free_sgd", "apollo_adamw", "apollo_adamw_layerwise",
+    "stable_adamw",
+]
+Scheduler = Literal[
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt",
+    "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay", "greedy",
+]
+
+
+def _describe(t) -> str:
+    """A field's declared type in words, for a message."""
+    origin, args = typing.get_origin(t), typing.get_args(t)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is tuple:
+        return "a comma-separated list of names"
+    return {int: "a whole number", float: "a finite number", bool: "true or false", str: "a text",
+            type(None): "None"}.get(t, str(t))
+
+
+def _fits(value: Any, t) -> bool:
+    origin, args = typing.get_origin(t), typing.get_args(t)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if origin is Literal:
+        return isinstance(value, str) and value in args
+    if origin is tuple:
+        return isinstance(value, tuple) and len(value) > 0 and all(isinstance(v, str) and v for v in value)
+    if t is type(None):
+        return value is None
+    if t is bool:
+        return isinstance(value, bool)
+    if t is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if t is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if t is str:
+        return isinstance(value, str) and bool(value.strip())
+    return True
+
+
+def _check_types(obj) -> None:
+    """Every field of a settings dataclass holds a value of its declared type (a Literal: one of its choices)."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, numbers.Real) and not isinstance(value, (bool, int, float)):  # a numpy number
+            value = int(value) if isinstance(value, numbers.Integral) else float(value)
+            object.__setattr__(obj, f.name, value)
+        if not _fits(value, hints[f.name]):
+            raise CourseError(f"{f.name} must be {_describe(hints[f.name])}, got {value!r}: "
+                              f"set it to e.g. {f.name}={_example(f)}.")
+
+
+def _example(f: dataclasses.Field) -> str:
+    d = f.default
+    return ",".join(d) if isinstance(d, tuple) else str(d).lower() if isinstance(d, bool) else str(d)
+
+
+def _check_range(obj, names: tuple[str, ...], rule: str, ok) -> None:
+    """Each named field satisfies `ok` (None passes); else one sentence with the field's default as the example."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.name in names and value is not None and not ok(value):
+            raise CourseError(f"{f.name} must be {rule}, got {value!r}: set it to e.g. {f.name}={_example(f)}.")
+
+
+def parse_setting(cls, name: str, text: str) -> Any:
+    """The text of a command-line NAME=VALUE as the value `cls`'s field `name` declares.
+
+    A tuple field takes a comma-separated list or one name ("q_proj" or "q_proj,v_proj"); an optional
+    field takes "none". Ranges and choices are checked when the settings are built.
+    """
+    t = typing.get_type_hints(cls)[name]
+    options = typing.get_args(t) if typing.get_origin(t) in (typing.Union, types.UnionType) else (t,)
+    text = text.strip()
+    if type(None) in options and text.lower() in ("none", "null"):
+        return None
+    for option in options:
+        origin = typing.get_origin(option)
+        if origin is Literal and text in typing.get_args(option):
+            return text
+        if origin is tuple and text != ALL_LINEAR:
+            names = tuple(n.strip() for n in text.split(","))
+            if all(names):
+                return names
+        if option is bool and text.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return text.lower() in ("true", "1", "yes")
+        if option is int:
+            try:
+                return int(text)
+            except ValueError:
+                pass
+        if option is float:
+            try:
+                value = float(text)
+            except ValueError:
+                continue
+            if math.isfinite(value):
+                return value
+        if option is str and text:
+            return text
+    default = next(f for f in dataclasses.fields(cls) if f.name == name)
+    raise CourseError(f"--set {name}={text} is not {_describe(t)}: write e.g. --set {name}={_example(default)}.")
+
+
 @dataclass(frozen=True)
 class DataSettings:
     """Where the rows come from and how they are sampled and split.
@@ -242,6 +363,13 @@ class DataSettings:
     # Maps the roles of a data shape to the table's columns, e.g. {"instruction": "question", "response": "answer"};
     # None reads the shape off the column names (see `formats`).
     columns: dict[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        _check_range(self, ("n_rows", "train_rows", "eval_rows"), "a positive row count (or None for all)",
+                     lambda v: v >= 1)
+        _check_range(self, ("test_size",), "a share between 0 and 1 or a whole row count from 1 up",
+                     lambda v: 0 < v < 1 or (v >= 1 and float(v).is_integer()))
 
 
 @dataclass(frozen=True)
@@ -290,10 +418,10 @@ class TrainSettings:
     max_steps: int = -1
     num_train_epochs: float = 1.0
     max_length: int = 256  # tokens per example, prompt + response
-    lr_scheduler_type: str = "constant"
+    lr_scheduler_type: Scheduler = "constant"
     warmup_steps: float = 0.0
     max_grad_norm: float = 1.0
-    optim: str = "adamw_torch"
+    optim: Optimizer = "adamw_torch"
     train_sampling_strategy: Literal["random", "sequential", "group_by_length"] = "random"
     activation_checkpointing: bool = False  # the post's gradient checkpointing
     packing: bool = False
@@ -306,6 +434,18 @@ class TrainSettings:
     save_strategy: Literal["no", "epoch", "steps"] = "no"
     save_steps: float = 500
     per_device_eval_batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        _check_range(self, ("per_device_train_batch_size", "gradient_accumulation_steps", "max_length",
+                            "per_device_eval_batch_size", "pad_to_multiple_of"), "a positive whole number",
+                     lambda v: v >= 1)
+        _check_range(self, ("learning_rate", "num_train_epochs", "logging_steps", "save_steps"),
+                     "a positive number", lambda v: v > 0)
+        _check_range(self, ("warmup_steps", "max_grad_norm"), "zero or more", lambda v: v >= 0)
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise CourseError(f"max_steps must be a positive step count, or -1 to train num_train_epochs "
+                              f"({self.num_train_epochs}), got {self.max_steps}: set it to e.g. max_steps=6.")
 
 
 @dataclass(frozen=True)
@@ -343,6 +483,14 @@ class LoraSettings:
     def __post_init__(self) -> None:
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
             raise CourseError(f"The LoRA rank r must be a positive integer, got {self.r!r}: use r >= 1 (the post uses 8 and 16).")
+        if isinstance(self.target_modules, list):  # as PEFT's LoraConfig takes them
+            object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        _check_types(self)
+        if isinstance(self.target_modules, str) and self.target_modules != ALL_LINEAR:
+            raise CourseError(f"target_modules must be {ALL_LINEAR!r} or a list of module names, got "
+                              f"{self.target_modules!r}: write e.g. target_modules=q_proj,v_proj.")
+        if self.bias not in ("none", "all", "lora_only"):
+            raise CourseError(f"bias must be 'none', 'all' or 'lora_only', got {self.bias!r}: the post uses 'none'.")
         if self.lora_alpha <= 0:
             raise CourseError(f"lora_alpha must be positive, got {self.lora_alpha}: the post uses 8.")
         if not 0.0 <= self.lora_dropout < 1.0:
@@ -547,6 +695,22 @@ def _replace_checked(obj, kind: str, changes: dict[str, Any]):
     return dataclasses.replace(obj, **changes)
 
 
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def check_run_name(name: str, nested: bool = False) -> None:
+    """A run name is one folder name: letters, digits, '.', '_', '-', and not '.' or '..'.
+
+    With `nested`, '/' may separate several such parts ("sweep/<point>", "ddp/2-processes"): the run's
+    folder then lies deeper inside results/<profile>, never outside it.
+    """
+    parts = name.split("/") if nested else [name]
+    if not all(p and p not in (".", "..") and set(p) <= _NAME_CHARS for p in parts):
+        between = " ('/' between folder names)" if nested else ""
+        raise CourseError(f"The run name {name!r} is not a folder name: use letters, digits, '.', '_' and '-' "
+                          f"only{between}, not '.' or '..', e.g. --name qv-long.")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything one run depends on; its JSON is saved with the results.
@@ -565,6 +729,7 @@ class RunConfig:
         if not self.name:
             suffix = "" if self.seed == DEFAULT_SEED else f"-seed{self.seed}"
             object.__setattr__(self, "name", self.experiment.name + suffix)
+        check_run_name(self.name, nested=True)
 
     @classmethod
     def create(

@@ -134,12 +134,35 @@ def load_table(source: str | os.PathLike = "sample") -> pd.DataFrame:
                 "(git clone, then pip install -e .) so the data/ folder is present."
             )
         return _read_file(SAMPLE_PATH)
+    path = check_source(source)
+    return _read_file(path) if path is not None else _load_hub(source)
+
+
+def check_source(source: str | os.PathLike) -> Path | None:
+    """The local file a data source names (None for a hub id), refused at once if missing or not a table file.
+
+    Cheap: nothing is read, so a run checks its source before any model loads.
+    """
+    source = str(source)
     path = Path(source).expanduser()
-    if path.suffix.lower() in {".csv", ".jsonl", ".json", ".parquet"} or path.exists():
-        if not path.exists():
-            raise CourseError(f"Data file {path} does not exist: check the path or use the bundled sample ('sample').")
-        return _read_file(path)
-    return _load_hub(source)
+    if source == "sample" or not (path.exists() or _looks_like_a_path(source)):
+        return None
+    if not path.exists():
+        raise CourseError(f"Data file {path} does not exist: check the path or use the bundled sample ('sample').")
+    if path.is_file() and path.suffix.lower() not in FILE_SUFFIXES:
+        raise CourseError(f"{path} is not a CSV, JSONL or parquet file (suffix {path.suffix or 'none'!r}): "
+                          "convert it to one of those, with the columns product, category, description.")
+    return path
+
+
+FILE_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
+
+
+def _looks_like_a_path(source: str) -> bool:
+    """A hub id is "owner/name" or "name"; a path starts with ., ~ or /, has several parts, or a file suffix."""
+    suffix = Path(source).suffix.lower()
+    return (source.startswith((".", "~", "/", os.sep)) or source.count("/") > 1 or suffix in FILE_SUFFIXES
+            or suffix in (".txt", ".tsv", ".xlsx", ".xls", ".gz", ".zip", ".arrow") or ("/" not in source and suffix != ""))
 
 
 def _read_file(path: Path) -> pd.DataFrame:
@@ -337,7 +360,7 @@ def prepare_data(
         if settings.n_rows > len(df):
             raise CourseError(
                 f"Asked for {settings.n_rows} rows but the dataset from {settings.source} has {len(df)} usable rows: "
-                "lower n_rows or pass a larger dataset."
+                "lower n_rows (--set n_rows=N on the command line) or pass a larger dataset."
             )
         # pandas' sample with a seed, as the blog does (random_state=42).
         df = df.sample(n=settings.n_rows, random_state=settings.sample_seed)
@@ -346,14 +369,14 @@ def prepare_data(
     test_size = int(settings.test_size) if settings.test_size >= 1 else settings.test_size
     if isinstance(test_size, int) and test_size >= len(df):
         raise CourseError(f"A test split of {test_size} rows needs more than the {len(df)} usable rows: "
-                          "lower test_size or pass a larger dataset.")
+                          "lower test_size (--set test_size=N, or a share such as 0.2) or pass a larger dataset.")
     ds = datasets.Dataset.from_pandas(df.reset_index(drop=True), preserve_index=False)
     split = ds.train_test_split(test_size=test_size, seed=settings.split_seed)
     train = split["train"]
     if settings.train_rows is not None:
         if settings.train_rows > len(train):
             raise CourseError(f"Asked for a slice of {settings.train_rows} training rows but the split has {len(train)}: "
-                              "lower train_rows.")
+                              "lower train_rows (--set train_rows=N).")
         train = train.select(range(settings.train_rows))
         report.notes.append(f"training on the first {settings.train_rows} rows of the training split only")
     report.train_rows, report.test_rows = len(train), len(split["test"])

@@ -8,6 +8,7 @@ from time import perf_counter
 import torch
 
 from .data import END_MARKER
+from .errors import CourseError
 from .results import LatencyRow
 
 
@@ -52,6 +53,12 @@ def generation_config(tokenizer, max_new_tokens: int, do_sample: bool = False, s
 
 
 @torch.no_grad()
+def check_count(name: str, value) -> None:
+    """A count the caller gives (tokens, repeats, rows) must be a whole number from 1 up."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise CourseError(f"{name} must be a whole number of 1 or more, got {value!r}: e.g. {name}=16.")
+
+
 def generate_detailed(
     model,
     tokenizer,
@@ -63,6 +70,7 @@ def generate_detailed(
     stop_strings: tuple[str, ...] = (END_MARKER,),
     **sampling,
 ) -> list[Generation]:
+    check_count("max_new_tokens", max_new_tokens)
     gen_config = generation_config(tokenizer, max_new_tokens, do_sample=do_sample, stop_strings=stop_strings, **sampling)
     was_training = model.training
     model.eval()
@@ -119,6 +127,8 @@ def time_generation(model, tokenizer, prompts: list[str], new_tokens: int = 32, 
     so that every model does the same amount of work; `warmup` untimed runs
     come first.
     """
+    check_count("repeats", repeats)
+    check_count("new_tokens", new_tokens)
     times = []
     for i in range(warmup + repeats):
         start = perf_counter()

@@ -215,13 +215,27 @@ def zero_update(peft_model) -> None:
 
 
 # --------------------------------------------------------------------------- saving
+MERGED_FIX = "give --out a new or empty folder (an earlier merged model there is replaced)"
+
+
+def check_merged_out(out_dir: str | Path) -> None:
+    """Refuse, before any model loads, an output folder that holds anything but an earlier merged model."""
+    from .results import check_replaceable
+
+    check_replaceable(out_dir, "merged", MERGED_FIX)
+
+
 def save_merged(merged_model, tokenizer, out_dir: str | Path) -> Path:
-    """Save a merged model as a plain checkpoint that loads without PEFT."""
+    """Save a merged model as a plain checkpoint that loads without PEFT.
+
+    `out_dir` must be new, empty or an earlier merged model (which is replaced); files are
+    written with the process's umask, so a shared folder stays readable by others.
+    """
     from .model import no_progress_bar
     from .results import atomic_dir
 
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp, no_progress_bar():
+    with atomic_dir(out_dir, "merged", MERGED_FIX) as tmp, no_progress_bar():
         merged_model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return out_dir

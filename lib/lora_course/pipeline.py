@@ -13,7 +13,9 @@ the main process writes the results folder, the adapter and the MLflow run.
 from __future__ import annotations
 
 import math
+import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -22,9 +24,25 @@ import torch
 
 from .config import RunConfig
 from .errors import CourseError
-from .results import Evaluation, Run, load_run, write_run
+from .results import (
+    Evaluation,
+    Run,
+    check_replaceable,
+    check_writable,
+    clear_dead_scratch,
+    clear_stale,
+    load_run,
+    mark,
+    read_json,
+    scratch_dir,
+    write_json,
+    write_run,
+)
 
 CHECKPOINTS = "checkpoints"  # inside an unfinished run's folder; removed when the run finishes
+# The trainer's folder in the temp dir for a run that saves no checkpoints: lora_course_trainer_<pid>-<random>.
+# One left by a killed process is removed by the next run.
+SCRATCH_PREFIX = "lora_course_trainer_"
 
 
 def _process_state(device: str):
@@ -63,11 +81,41 @@ def run(config: RunConfig, *, evaluate: str = "none", retrain: bool = False, res
         raise CourseError(f"Unknown evaluation {evaluate!r}: use 'none', 'loss' or 'full'.")
     if resume and retrain:
         raise CourseError("--resume and --retrain contradict each other: resume continues a run, retrain starts afresh.")
-    if not retrain and not resume:
-        previous = load_run(config.out_dir)
-        if previous is not None and previous.config.same_run_as(config):
-            return _evaluated(previous, config, evaluate, keep_model)
+    previous = None if resume else load_run(config.out_dir)
+    if previous is not None and not retrain and previous.config.same_run_as(config):
+        previous.reused = True
+        return _evaluated(previous, config, evaluate, keep_model)
+    check_run_folder(config)
+    if previous is not None and not previous.config.same_run_as(config) and os.environ.get("RANK", "0") == "0":
+        changed = _differences(previous.config, config)
+        print(f"replacing the finished run in {config.out_dir}, trained with other settings ({changed}); "
+              "a new name keeps both.")
     return _train(config, evaluate, resume, list(callbacks), keep_model)
+
+
+def _differences(old: RunConfig, new: RunConfig, limit: int = 4) -> str:
+    """The settings two configs differ in, as "name old -> new" (the first `limit` of them)."""
+    from .tracking import flatten
+
+    a, b = flatten(old.to_dict()), flatten(new.to_dict())
+    names = [k for k in sorted(set(a) | set(b)) if k != "results_dir" and a.get(k) != b.get(k)]
+    shown = [f"{k.rsplit('.', 1)[-1]} {a.get(k)} -> {b.get(k)}" for k in names[:limit]]
+    return ", ".join(shown) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def check_run_folder(config: RunConfig) -> None:
+    """Before anything loads: the results folder can be written, and the run's folder is absent,
+    empty, or a run folder the course wrote (so replacing it loses nothing of the user's)."""
+    from .data import check_source
+    from .model import check_device, check_quantization
+
+    check_device(config.profile.device)  # "no GPU" comes before anything about the run's folder
+    check_quantization(config.experiment.quantization)
+    check_source(config.profile.data.source)
+    check_writable(config.results_dir)
+    check_replaceable(config.out_dir, "run", f"choose another run name than {config.name!r} or move that folder away")
+    for folder in {config.out_dir.parent, Path(config.results_dir) / config.profile.name}:
+        clear_dead_scratch(folder)  # a killed run's half-written folders (hundreds of MB each)
 
 
 @dataclass
@@ -113,13 +161,78 @@ def prepare(config: RunConfig, callbacks: Sequence = ()) -> Prepared:
     # trainer works in a scratch folder, so that nothing appears under results before it finishes.
     scratch = None
     if settings.save_strategy == "no":
-        import tempfile
-
-        scratch = Path(tempfile.mkdtemp(prefix="lora_course_trainer_"))
+        scratch = scratch_dir(tempfile.gettempdir(), SCRATCH_PREFIX)
     output_dir = config.out_dir / CHECKPOINTS if scratch is None else scratch
-    trainer = build_trainer(model, tokenizer, data.train, settings, precision, output_dir=output_dir,
-                            seed=config.seed, eval_rows=eval_rows, callbacks=list(callbacks))
+    try:
+        trainer = build_trainer(model, tokenizer, data.train, settings, precision, output_dir=output_dir,
+                                seed=config.seed, eval_rows=eval_rows, callbacks=list(callbacks))
+    except BaseException:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+        raise
     return Prepared(precision, tokenizer, data, model, params, trainer, scratch)
+
+
+class Progress:
+    """What a run measured up to each checkpoint (tokens, wall time, step times), saved in the checkpoint,
+    so that a resumed run's metrics count the whole run and not only the steps after the resume.
+
+    One file per process, `course_progress-rank<R>.json`: each process counts its own tokens.
+    """
+
+    def __init__(self):
+        import time
+
+        from transformers import TrainerCallback
+
+        me = self
+        self.trainer = None
+        self.earlier = {"tokens": 0, "wall_time_s": 0.0, "step_seconds": []}
+        self.step_seconds: list[float] = []
+        self._start = self._step = 0.0
+
+        class _Callback(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kwargs):
+                me._start = time.perf_counter()
+
+            def on_step_begin(self, args, state, control, **kwargs):
+                me._step = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                me.step_seconds.append(time.perf_counter() - me._step)
+
+            def on_save(self, args, state, control, **kwargs):
+                folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                folder.mkdir(parents=True, exist_ok=True)
+                write_json(folder / me.file_name(args.process_index), {
+                    "tokens": int(getattr(me.trainer, "tokens_seen", 0)),
+                    "wall_time_s": me.earlier["wall_time_s"] + time.perf_counter() - me._start,
+                    "step_seconds": me.earlier["step_seconds"] + me.step_seconds,
+                })
+
+        self.callback = _Callback()
+
+    @staticmethod
+    def file_name(rank: int) -> str:
+        return f"course_progress-rank{rank}.json"
+
+    def restore(self, checkpoint: Path | None) -> None:
+        """Start counting where the checkpoint's run left off (tokens go on in the trainer's own counter)."""
+        if checkpoint is None:
+            return
+        path = Path(checkpoint) / self.file_name(self.trainer.args.process_index)
+        if not path.exists():
+            print(f"{checkpoint} has no record of the steps before it: metrics.json counts the resumed steps only.")
+            return
+        self.earlier = read_json(path)
+        self.trainer.tokens_seen = int(self.earlier["tokens"])
+
+    def whole_run(self, result):
+        """The trainer's result with the steps before the resume counted in (losses already are)."""
+        import dataclasses
+
+        return dataclasses.replace(result, wall_time_s=self.earlier["wall_time_s"] + result.wall_time_s,
+                                   step_seconds=self.earlier["step_seconds"] + result.step_seconds)
 
 
 def _train(config: RunConfig, evaluate: str, resume: bool, callbacks: list, keep_model: bool) -> Run:
@@ -131,19 +244,39 @@ def _train(config: RunConfig, evaluate: str, resume: bool, callbacks: list, keep
     if resume and resume_from is None:
         raise CourseError(f"Nothing to resume: no checkpoint in {out_dir / CHECKPOINTS}. Run without --resume to "
                           "start afresh (a profile saves checkpoints when its save_strategy is not 'no').")
+    # Only what this call creates may be removed if it fails: the run's folder when it was not
+    # there before, else the checkpoints folder when that was not.
+    created = out_dir if not out_dir.exists() else out_dir / CHECKPOINTS if not (out_dir / CHECKPOINTS).exists() else None
+    if is_main:
+        clear_stale(tempfile.gettempdir(), SCRATCH_PREFIX)
+        if config.profile.train.save_strategy != "no" and not out_dir.exists():
+            out_dir.mkdir(parents=True)
+            mark(out_dir, "run")  # holds checkpoints for --resume; the finished run replaces it
     result, p = None, None
+    progress = Progress() if config.profile.train.save_strategy != "no" else None
     try:
-        p = prepare(config, callbacks)
+        p = prepare(config, callbacks + ([progress.callback] if progress else []))
         if p.trainer is not None:
+            if progress is not None:
+                progress.trainer = p.trainer
+                progress.restore(resume_from)
             result = train(p.trainer, resume_from)
-    except BaseException:
+            if progress is not None:
+                result = progress.whole_run(result)
+    except BaseException as exc:
         if p is not None and p.scratch is not None:
             shutil.rmtree(p.scratch, ignore_errors=True)
-        if is_main and newest_checkpoint(out_dir) is None and load_run(out_dir) is None:
-            shutil.rmtree(out_dir, ignore_errors=True)  # nothing worth keeping: leave no folder behind
-        elif is_main and load_run(out_dir) is None:
-            print(f"training stopped; checkpoints kept in {out_dir / CHECKPOINTS}: rerun with --resume "
-                  "(or resume=True) to continue from the newest one.")
+        if is_main and load_run(out_dir) is None:
+            if newest_checkpoint(out_dir) is None:
+                if created is not None:
+                    shutil.rmtree(created, ignore_errors=True)  # nothing worth keeping: leave no folder behind
+            else:
+                hint = (f"checkpoints kept in {out_dir / CHECKPOINTS}: rerun with --resume (or resume=True) "
+                        "to continue from the newest one")
+                if isinstance(exc, KeyboardInterrupt):
+                    exc.add_note(hint)  # the command line prints it in its one line
+                else:
+                    print(f"training stopped; {hint}.")
         raise
     if p.scratch is not None:
         shutil.rmtree(p.scratch, ignore_errors=True)

@@ -19,9 +19,11 @@ folder with a config.json is always a finished run.
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -51,21 +53,163 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
-@contextmanager
-def atomic_dir(target: str | Path):
-    """Yield a scratch folder beside `target`; on success it replaces `target`."""
+# --------------------------------------------------------------------------- folders the course owns
+# Every folder the course creates and may later replace or remove carries this file, holding the
+# folder's kind ("run", "merged"). A folder without it is the user's: the course never deletes it.
+MARK = ".lora_course"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def share_as_umask(folder: str | Path) -> None:
+    """Give `folder` and everything in it the permissions a plain mkdir/open would have given:
+    0777 / 0666 less the process's umask (mkdtemp makes 0700, some writers 0600)."""
+    mask = _umask()
+    folder = Path(folder)
+    folder.chmod(0o777 & ~mask)
+    for p in folder.rglob("*"):
+        if not p.is_symlink():
+            p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
+
+
+def mark(folder: str | Path, kind: str) -> None:
+    """Claim `folder` (made by the course) as a folder of this kind."""
+    (Path(folder) / MARK).write_text(kind + "\n")
+
+
+def owned_kind(folder: str | Path) -> str | None:
+    """The kind the course marked `folder` with; None for a folder the course did not make.
+
+    A finished run written before marks existed is recognised by its config.json.
+    """
+    folder = Path(folder)
+    if (folder / MARK).is_file():
+        return (folder / MARK).read_text().strip()
+    if (folder / "config.json").is_file():
+        try:
+            RunConfig.from_json((folder / "config.json").read_text())
+            return "run"
+        except Exception:  # a transformers config.json, or anything else: not a run of ours
+            pass
+        names = [p.name for p in folder.iterdir()]
+        if any(n.endswith(".safetensors") for n in names) and all(_saved_model_file(n) for n in names):
+            return "merged"  # only what save_pretrained writes for a model and its tokenizer
+    return None
+
+
+def _saved_model_file(name: str) -> bool:
+    return (name in ("config.json", "generation_config.json", "special_tokens_map.json", "chat_template.jinja",
+                     "vocab.json", "merges.txt", "added_tokens.json", "model.safetensors.index.json")
+            or name.startswith(("tokenizer", "model")) and name.endswith((".json", ".safetensors", ".model")))
+
+
+def check_replaceable(target: str | Path, kind: str, fix: str) -> None:
+    """Refuse, before any work, to replace `target` unless it is absent, empty, or a folder of this kind.
+
+    `fix` ends the sentence: what the user should do instead (e.g. "choose another --name").
+    """
     target = Path(target)
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise CourseError(f"{target} exists and is not a folder: {fix}.")
+    parent = next((p for p in target.parents if p.exists() or p.is_symlink()), None)
+    if parent is not None and not parent.is_dir():
+        raise CourseError(f"{parent} is a file, not a folder, so {target} cannot be written: {fix}.")
+    if not target.exists() or not any(target.iterdir()):
+        return
+    found = owned_kind(target)
+    if found != kind:
+        what = "files the course did not write" if found is None else f"a {found}, not a {kind}"
+        raise CourseError(f"{target} already holds {what}, and the course replaces only its own folders: {fix}.")
+
+
+def check_writable(folder: str | Path, fix: str = "pass --results <a folder you can write>") -> None:
+    """Refuse a results folder that is a file or cannot be written, before any work is done."""
+    folder = Path(folder)
+    for p in (folder, *folder.parents):
+        if p.exists():
+            if not p.is_dir() and p == folder:
+                raise CourseError(f"The results folder {folder} is a file: {fix}.")
+            if not p.is_dir():
+                raise CourseError(f"The results folder {folder} cannot be made: {p} is a file: {fix}.")
+            if not os.access(p, os.W_OK | os.X_OK):
+                raise CourseError(f"The results folder {folder} cannot be written ({p} is read-only for you): {fix}.")
+            return
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def clear_stale(folder: str | Path, prefix: str) -> list[Path]:
+    """Remove the `<prefix><pid>-*` folders in `folder` whose process has died (a killed run's
+    scratch); returns what was removed. Folders of a live process are left alone."""
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for p in folder.glob(f"{glob.escape(prefix)}*"):
+        pid = p.name[len(prefix):].split("-", 1)[0]
+        if p.is_dir() and not p.is_symlink() and pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+_SCRATCH = re.compile(r"^\..+\.(tmp|old)(\d+)-")  # what atomic_dir leaves beside its target: .<name>.tmp<pid>-...
+
+
+def clear_dead_scratch(folder: str | Path) -> list[Path]:
+    """Remove every atomic_dir scratch folder in `folder` whose process has died, whatever its target."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    prefixes = {p.name[: m.end(1)] for p in folder.iterdir() if (m := _SCRATCH.match(p.name))}
+    return [removed for prefix in sorted(prefixes) for removed in clear_stale(folder, prefix)]
+
+
+def scratch_dir(folder: str | Path, prefix: str) -> Path:
+    """A new private folder `<prefix><pid>-<random>` in `folder`, after clearing dead processes' ones."""
+    clear_stale(folder, prefix)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=folder))
+
+
+@contextmanager
+def atomic_dir(target: str | Path, kind: str = "run", fix: str = "choose another name or move that folder away"):
+    """Yield a scratch folder beside `target`; on success it replaces `target`, marked as `kind`.
+
+    `target` must be absent, empty or a folder of the same kind (see check_replaceable):
+    a folder the user made is never replaced. The scratch folder is removed on failure;
+    one left by a killed process is removed by the next write beside it.
+    """
+    target = Path(target)
+    check_replaceable(target, kind, fix)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp", dir=target.parent))
+    tmp = scratch_dir(target.parent, f".{target.name}.tmp")
     try:
         yield tmp
+        mark(tmp, kind)
+        share_as_umask(tmp)  # mkdtemp makes it private; a results folder is an ordinary one
+        check_replaceable(target, kind, fix)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    tmp.chmod(0o755)  # mkdtemp makes it private; a results folder is an ordinary one
     if target.exists():
-        shutil.rmtree(target)
-    tmp.rename(target)
+        old = scratch_dir(target.parent, f".{target.name}.old")
+        target.rename(old / target.name)  # out of the way in one step, then deleted
+        tmp.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(target)
 
 
 # --------------------------------------------------------------------------- run types
@@ -184,6 +328,7 @@ class Run:
     evaluation: Evaluation | None = None
     model: Any = None
     tokenizer: Any = None
+    reused: bool = False  # True when a finished run with the same config was found on disk, not trained
 
     @property
     def name(self) -> str:
@@ -195,8 +340,13 @@ class Run:
 
 
 def write_run(run: Run) -> None:
-    """Save a run's config, metrics, losses and adapter, all or nothing."""
-    with atomic_dir(run.out_dir) as tmp:
+    """Save a run's config, metrics, losses and adapter, all or nothing.
+
+    A merged model in the folder it replaces (made by `merge` from the old adapter) goes with it; a line says so.
+    """
+    merged = run.out_dir / "merged"
+    had_merged = merged.is_dir()
+    with atomic_dir(run.out_dir, "run", f"choose another run name than {run.name!r} or move that folder away") as tmp:
         if run.config.experiment.lora is not None:
             # save_embedding_layers=False: an adapter on lm_head would otherwise make PEFT
             # save the whole (frozen, unchanged) lm_head weight too: 113 MB for SmolLM2.
@@ -209,6 +359,9 @@ def write_run(run: Run) -> None:
         write_json(tmp / "losses.json", losses)
         # config.json last: its presence marks a complete run.
         (tmp / "config.json").write_text(run.config.to_json() + "\n")
+    if had_merged:
+        print(f"removed the merged model in {merged}: it merged the adapter this run replaced; "
+              "run merge again for the new one.")
 
 
 def load_run(out_dir: str | Path) -> Run | None:

@@ -146,6 +146,22 @@ class Tracker:
         self._safely(lambda: self.client.log_dict(self.run_id, obj, name))
 
 
+@contextmanager
+def _store_lock(results: Path | None) -> Iterator[None]:
+    """Hold an exclusive lock on <results>/mlflow.db.lock (no lock for a store elsewhere)."""
+    if results is None:
+        yield
+        return
+    import fcntl
+
+    with open(results / f"{DB_NAME}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def _open(config: RunConfig, run_name: str | None) -> Tracker:
     # MLflow prints run links to stdout after each run on a tracking server; the
     # course prints its own summary instead.
@@ -155,19 +171,20 @@ def _open(config: RunConfig, run_name: str | None) -> Tracker:
 
     _quiet_mlflow()
     uri = tracking_uri(config.results_dir)
-    artifact_location = None
+    artifact_location, results = None, None
     if uri.startswith("sqlite:///") and not os.environ.get("MLFLOW_TRACKING_URI"):
         # Without this, a SQLite store puts artifacts in ./mlruns under the current
         # directory, wherever the notebook happens to run.
         results = Path(config.results_dir).expanduser().resolve()
         results.mkdir(parents=True, exist_ok=True)
         artifact_location = (results / "mlartifacts").as_uri()
-    client = MlflowClient(uri)
     name = f"lora-course/{config.profile.name}"
-    experiment = client.get_experiment_by_name(name)
-    experiment_id = (
-        experiment.experiment_id if experiment else client.create_experiment(name, artifact_location=artifact_location)
-    )
+    with _store_lock(results):  # two first runs at once would both create the tables and the experiment
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name(name)
+        experiment_id = (
+            experiment.experiment_id if experiment else client.create_experiment(name, artifact_location=artifact_location)
+        )
     run = client.create_run(
         experiment_id,
         run_name=run_name or config.name,
