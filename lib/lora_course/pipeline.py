@@ -123,6 +123,7 @@ def prepare(config: RunConfig, callbacks: Sequence = ()) -> Prepared:
 
 
 def _train(config: RunConfig, evaluate: str, resume: bool, callbacks: list, keep_model: bool) -> Run:
+    from .timing import timed
     from .train import train
 
     is_main, world, barrier = _process_state(config.profile.device)
@@ -135,7 +136,8 @@ def _train(config: RunConfig, evaluate: str, resume: bool, callbacks: list, keep
     try:
         p = prepare(config, callbacks)
         if p.trainer is not None:
-            result = train(p.trainer, resume_from)
+            with timed("training"):
+                result = train(p.trainer, resume_from)
     except BaseException:
         if p is not None and p.scratch is not None:
             shutil.rmtree(p.scratch, ignore_errors=True)
