@@ -56,3 +56,53 @@ def test_a_block_that_fails_is_recorded_too(tmp_path, monkeypatch):
     with timing.timed("training"):  # outside the book: nothing written
         pass
     assert len(record.read_text().splitlines()) == 2
+
+
+def test_select_chapters_by_number_or_name():
+    import pytest
+
+    from lora_course import CourseError
+    from lora_course.book import chapter_notebooks, select_chapters
+
+    all_chapters = chapter_notebooks()
+    five = [nb for nb in all_chapters if nb.stem.startswith("05-")]
+    assert select_chapters(["05"]) == five == select_chapters([five[0].stem])
+    assert select_chapters(["07", "02"]) == [nb for nb in all_chapters if nb.stem[:2] in ("02", "07")]
+    with pytest.raises(CourseError, match="No chapter 42"):
+        select_chapters(["42"])
+
+
+def test_rebuilding_one_chapter_reruns_it_alone_and_keeps_the_others(tmp_path, monkeypatch):
+    import pytest
+
+    from lora_course import CourseError, book
+
+    chapters = tmp_path / "chapters"
+    chapters.mkdir()
+    for stem in ("01-first", "02-second"):
+        _notebook(chapters / f"{stem}.ipynb", [f"print('{stem} ran')"])
+    src = tmp_path / "_build" / "src"
+    monkeypatch.setattr(book, "CHAPTERS_DIR", chapters)
+    monkeypatch.setattr(book, "SOURCE_COPY", src)
+    monkeypatch.setattr(book, "copy_book_sources", lambda out_dir=src: None)
+    rendered = []
+    monkeypatch.setattr(book, "build_html", lambda out_dir=src: rendered.append(True))
+    original = book.run_chapters
+    monkeypatch.setattr(book, "run_chapters", lambda profile, chapters=None, out_dir=src, **kw:
+                        original(profile, chapters, out_dir, **kw))
+
+    with pytest.raises(CourseError, match="run the whole book once"):
+        book.rebuild_chapters("smoke", ["02"])  # nothing executed yet
+    assert rendered == [] and not (src / "chapters" / "02-second.ipynb").exists()
+
+    assert book.run_chapters("smoke") == []  # the whole book once
+    first = (src / "chapters" / "01-first.ipynb").read_text()
+    before = json.loads((src / TIMES_FILE).read_text())["seconds"]
+    book.rebuild_chapters("smoke", ["02"])
+    assert rendered == [True]
+    assert (src / "chapters" / "01-first.ipynb").read_text() == first  # chapter 1 was not run again
+    after = json.loads((src / TIMES_FILE).read_text())["seconds"]
+    assert set(after) == {"01-first", "02-second"} and after["01-first"] == before["01-first"]
+
+    with pytest.raises(CourseError, match="executed at profile 'smoke'"):
+        book.rebuild_chapters("cpu", ["02"])

@@ -298,6 +298,55 @@ def build_book(profile: str = "cpu") -> Path:
     return HTML_DIR
 
 
+def select_chapters(names: list[str]) -> list[Path]:
+    """The chapter notebooks named by number ("05") or stem ("05-merge-deploy"), in reading order."""
+    chapters = chapter_notebooks()
+    unknown = [n for n in names if not any(nb.stem == n or nb.stem.split("-")[0] == n for nb in chapters)]
+    if unknown:
+        raise CourseError(f"No chapter {', '.join(unknown)}: name chapters by number or file name, one of "
+                          f"{', '.join(nb.stem for nb in chapters)}.")
+    return [nb for nb in chapters if nb.stem in names or nb.stem.split("-")[0] in names]
+
+
+def rebuild_chapters(profile: str, names: list[str]) -> Path:
+    """Run only the named chapters again, then render the book with every other chapter's last executed copy.
+
+    The others must have been executed at the same profile into _build/src already (a full `make book`).
+    A chapter that later chapters read results from (chapter 4's runs) changes their pages only when
+    they run again too: name them as well.
+    """
+    selected = select_chapters(names)
+    times = SOURCE_COPY / TIMES_FILE
+    saved = json_or_none(times)
+    missing = [nb.stem for nb in chapter_notebooks()
+               if nb not in selected and not (SOURCE_COPY / "chapters" / nb.name).exists()]
+    if missing or saved is None or saved.get("profile") != profile:
+        have = "no executed book" if saved is None else f"a book executed at profile {saved.get('profile')!r}"
+        raise CourseError(
+            f"Rebuilding only {', '.join(nb.stem for nb in selected)} needs every other chapter executed at profile "
+            f"{profile!r} in {SOURCE_COPY}, which holds {have}" + (f" (missing: {', '.join(missing)})" if missing else "")
+            + f": run the whole book once (make book PROFILE={profile})."
+        )
+    copy_book_sources()
+    failed = run_chapters(profile, selected)
+    print(chapter_times_table(times))
+    if failed:
+        raise CourseError(
+            f"Chapter(s) {', '.join(failed)} failed at profile {profile}: the executed notebooks in "
+            f"{SOURCE_COPY / 'chapters'} show the failing cell."
+        )
+    build_html()
+    print(f"[book] HTML: {HTML_DIR / 'index.html'}")
+    return HTML_DIR
+
+
+def json_or_none(path: Path):
+    """A JSON file's content, or None when there is none."""
+    import json
+
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 # --------------------------------------------------------------------------- browser check
 def check_book_in_browser(html_dir: Path = HTML_DIR, screenshot: Path = BUILD_DIR / "screenshots" / "chapter-01.png") -> list[str]:
     """Load every chapter page in headless Chromium; return the problems found.

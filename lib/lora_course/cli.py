@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("book", help="run every chapter with papermill, then render the book")
     p.add_argument("--profile", default="cpu", help=f"one of: {', '.join(PROFILES)} (default: cpu)")
     p.add_argument("--skip-run", action="store_true", help="render the chapters already executed in _build/src")
+    p.add_argument("--chapter", action="append", default=[], metavar="NN",
+                   help="run only this chapter (number or file name; repeatable), render with the others' last "
+                        "executed copies")
 
     sub.add_parser("check-book", help="load every chapter page of the built book in headless Chromium")
     return parser
@@ -289,13 +292,15 @@ def cmd_train_check(args) -> int:
 
 
 def cmd_book(args) -> int:
-    from .book import build_book, build_html, copy_book_sources
+    from .book import build_book, build_html, copy_book_sources, rebuild_chapters
     from .config import get_profile
 
     get_profile(args.profile)
     if args.skip_run:
         copy_book_sources()
         build_html()
+    elif args.chapter:
+        rebuild_chapters(args.profile, args.chapter)
     else:
         build_book(args.profile)
     return 0
