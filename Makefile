@@ -7,6 +7,7 @@ PYTHON  ?= python3.11
 VENV    ?= .venv
 TORCH   ?= torch==2.13.0
 PROFILE ?= cpu
+CHAPTERS ?=
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 # One cache of converted checkpoints (the smoke model, SmolLM2) for the tests and the book.
@@ -30,8 +31,9 @@ $(STAMP): pyproject.toml Makefile
 
 # Run every chapter with papermill at $(PROFILE), render with jupyter-book (warnings
 # are errors), then load each page in headless Chromium when it is installed.
+# CHAPTERS="05" runs only those chapters and renders the others' last executed copies.
 book: setup
-	$(BIN)/python -m lora_course book --profile $(PROFILE)
+	$(BIN)/python -m lora_course book --profile $(PROFILE) $(foreach c,$(CHAPTERS),--chapter $(c))
 	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then \
 		$(BIN)/python -m lora_course check-book; \
 	else \

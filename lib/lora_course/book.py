@@ -157,12 +157,13 @@ def run_chapters(profile: str = "cpu", chapters: list[Path] | None = None, out_d
     times: dict[str, float] = {}
     for nb in chapters:
         target = out_dir / "chapters" / nb.name
+        record = _timings_file(out_dir, nb.stem)
         start = time.perf_counter()
         print(f"[book] {nb.stem}: running at profile {profile} ...", flush=True)
         try:
             pm.execute_notebook(
                 str(nb), str(target), parameters=params, kernel_name="python3", cwd=str(REPO_ROOT),
-                progress_bar=False, execution_timeout=timeout_s,
+                progress_bar=False, execution_timeout=timeout_s, kernel_manager_class=_kernel_recording_to(record),
             )
             print(f"[book] {nb.stem}: done in {time.perf_counter() - start:.0f} s", flush=True)
         except Exception as exc:  # papermill raises PapermillExecutionError with the cell's traceback
@@ -171,23 +172,83 @@ def run_chapters(profile: str = "cpu", chapters: list[Path] | None = None, out_d
         if target.exists():
             _hide_injected_parameters(target)
         times[nb.stem] = round(time.perf_counter() - start, 1)
-    _record_times(out_dir / "chapter-times.json", profile, times)
+        _record_times(out_dir / TIMES_FILE, profile, {nb.stem: times[nb.stem]}, {nb.stem: _shares(record, times[nb.stem])})
     return failed
 
 
 _TIMES_LOCK = threading.Lock()
+TIMES_FILE = "chapter-times.json"
 
 
-def _record_times(path: Path, profile: str, times: dict[str, float]) -> None:
-    """Add this call's chapter times to the file (several calls may share one output folder)."""
+def _record_times(path: Path, profile: str, times: dict[str, float], split: dict[str, dict] | None = None) -> None:
+    """Add chapter times (and their split into training, evaluation and other) to the file; several calls
+    may share one output folder, so each adds its chapters as they finish."""
     import json
 
     with _TIMES_LOCK:
-        saved = json.loads(path.read_text()) if path.exists() else {"profile": profile, "seconds": {}}
+        saved = json.loads(path.read_text()) if path.exists() else {}
         if saved.get("profile") != profile:
-            saved = {"profile": profile, "seconds": {}}
+            saved = {"profile": profile, "seconds": {}, "split": {}}
         saved["seconds"].update(times)
+        saved.setdefault("split", {}).update(split or {})
         path.write_text(json.dumps(saved, indent=2) + "\n")
+
+
+# --------------------------------------------------------------------------- where the time went
+def _timings_file(out_dir: Path, stem: str) -> Path:
+    """The file a chapter's kernel appends its timed training and evaluation calls to (emptied first)."""
+    path = out_dir / "timings" / f"{stem}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    return path
+
+
+def _kernel_recording_to(path: Path):
+    """A kernel manager class whose kernels get TIMES_ENV = path (one class per chapter, so chapters run
+    side by side in threads each write their own file)."""
+    from jupyter_client import AsyncKernelManager
+
+    from .timing import TIMES_ENV
+
+    class RecordingKernelManager(AsyncKernelManager):
+        async def _async_pre_start_kernel(self, **kw):
+            kw["env"] = {**kw.get("env", os.environ), TIMES_ENV: str(path)}
+            return await super()._async_pre_start_kernel(**kw)
+
+    return RecordingKernelManager
+
+
+def _shares(record: Path, seconds: float) -> dict[str, float]:
+    """A chapter's seconds split into training, evaluation and the rest."""
+    from .timing import totals
+
+    split = totals(record)
+    split["other"] = round(max(seconds - sum(split.values()), 0.0), 1)
+    return split
+
+
+def chapter_times_table(path: Path = SOURCE_COPY / TIMES_FILE) -> str:
+    """The chapters' times as a text table: seconds, and the share spent training, evaluating and in other cells."""
+    import json
+
+    saved = json.loads(Path(path).read_text())
+    split = saved.get("split", {})
+    lines = [f"chapter times at profile {saved['profile']}:",
+             f"{'chapter':<28} {'seconds':>8} {'training':>9} {'evaluating':>11} {'other':>7}"]
+    total = {"seconds": 0.0, "training": 0.0, "evaluation": 0.0, "other": 0.0}
+    for stem, seconds in saved["seconds"].items():
+        parts = split.get(stem, {"training": 0.0, "evaluation": 0.0, "other": seconds})
+        total["seconds"] += seconds
+        for k in ("training", "evaluation", "other"):
+            total[k] += parts.get(k, 0.0)
+        lines.append(_row(stem, seconds, parts))
+    lines.append(_row("all chapters", total["seconds"], total))
+    return "\n".join(lines)
+
+
+def _row(name: str, seconds: float, parts: dict[str, float]) -> str:
+    share = (lambda k: f"{parts.get(k, 0.0) / seconds:.0%}") if seconds > 0 else (lambda k: "-")
+    return f"{name:<28} {seconds:>8.0f} {share('training'):>9} {share('evaluation'):>11} {share('other'):>7}"
 
 
 def _hide_injected_parameters(path: Path) -> None:
@@ -232,6 +293,7 @@ def build_book(profile: str = "cpu") -> Path:
     shutil.rmtree(SOURCE_COPY, ignore_errors=True)
     copy_book_sources()
     failed = run_chapters(profile)
+    print(chapter_times_table(SOURCE_COPY / TIMES_FILE))
     if failed:
         raise CourseError(
             f"Chapter(s) {', '.join(failed)} failed at profile {profile}: the executed notebooks in "
@@ -240,6 +302,55 @@ def build_book(profile: str = "cpu") -> Path:
     build_html()
     print(f"[book] HTML: {HTML_DIR / 'index.html'}")
     return HTML_DIR
+
+
+def select_chapters(names: list[str]) -> list[Path]:
+    """The chapter notebooks named by number ("05") or stem ("05-merge-deploy"), in reading order."""
+    chapters = chapter_notebooks()
+    unknown = [n for n in names if not any(nb.stem == n or nb.stem.split("-")[0] == n for nb in chapters)]
+    if unknown:
+        raise CourseError(f"No chapter {', '.join(unknown)}: name chapters by number or file name, one of "
+                          f"{', '.join(nb.stem for nb in chapters)}.")
+    return [nb for nb in chapters if nb.stem in names or nb.stem.split("-")[0] in names]
+
+
+def rebuild_chapters(profile: str, names: list[str]) -> Path:
+    """Run only the named chapters again, then render the book with every other chapter's last executed copy.
+
+    The others must have been executed at the same profile into _build/src already (a full `make book`).
+    A chapter that later chapters read results from (chapter 4's runs) changes their pages only when
+    they run again too: name them as well.
+    """
+    selected = select_chapters(names)
+    times = SOURCE_COPY / TIMES_FILE
+    saved = json_or_none(times)
+    missing = [nb.stem for nb in chapter_notebooks()
+               if nb not in selected and not (SOURCE_COPY / "chapters" / nb.name).exists()]
+    if missing or saved is None or saved.get("profile") != profile:
+        have = "no executed book" if saved is None else f"a book executed at profile {saved.get('profile')!r}"
+        raise CourseError(
+            f"Rebuilding only {', '.join(nb.stem for nb in selected)} needs every other chapter executed at profile "
+            f"{profile!r} in {SOURCE_COPY}, which holds {have}" + (f" (missing: {', '.join(missing)})" if missing else "")
+            + f": run the whole book once (make book PROFILE={profile})."
+        )
+    copy_book_sources()
+    failed = run_chapters(profile, selected)
+    print(chapter_times_table(times))
+    if failed:
+        raise CourseError(
+            f"Chapter(s) {', '.join(failed)} failed at profile {profile}: the executed notebooks in "
+            f"{SOURCE_COPY / 'chapters'} show the failing cell."
+        )
+    build_html()
+    print(f"[book] HTML: {HTML_DIR / 'index.html'}")
+    return HTML_DIR
+
+
+def json_or_none(path: Path):
+    """A JSON file's content, or None when there is none."""
+    import json
+
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def execute_chapters(profile: str, out_dir: Path | None = None, results_dir: str | None = None) -> Path:

@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only execute the chapters, into --out (default _build/executed-<profile>), e.g. at gpu-mini")
     p.add_argument("--out", default=None, help="folder for --no-render's executed chapters")
     p.add_argument("--results", default=None, help="results root folder for --no-render (default: results)")
+    p.add_argument("--chapter", action="append", default=[], metavar="NN",
+                   help="run only this chapter (number or file name; repeatable), render with the others' last "
+                        "executed copies")
 
     sub.add_parser("check-book", help="serve the built book under a sub-path and load every page in headless Chromium")
 
@@ -367,7 +370,7 @@ def cmd_train_check(args) -> int:
 
 
 def cmd_book(args) -> int:
-    from .book import build_book, build_html, copy_book_sources
+    from .book import build_book, build_html, copy_book_sources, rebuild_chapters
     from .config import get_profile
 
     get_profile(args.profile)
@@ -380,6 +383,8 @@ def cmd_book(args) -> int:
     elif args.skip_run:
         copy_book_sources()
         build_html()
+    elif args.chapter:
+        rebuild_chapters(args.profile, args.chapter)
     else:
         build_book(args.profile)
     return 0

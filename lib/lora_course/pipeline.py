@@ -236,6 +236,7 @@ class Progress:
 
 
 def _train(config: RunConfig, evaluate: str, resume: bool, callbacks: list, keep_model: bool) -> Run:
+    from .timing import timed
     from .train import train
 
     is_main, world, barrier = _process_state(config.profile.device)
@@ -260,7 +261,8 @@ def _train(config: RunConfig, evaluate: str, resume: bool, callbacks: list, keep
             if progress is not None:
                 progress.trainer = p.trainer
                 progress.restore(resume_from)
-            result = train(p.trainer, resume_from)
+            with timed("training"):
+                result = train(p.trainer, resume_from)
             if progress is not None:
                 result = progress.whole_run(result)
     except BaseException as exc:

@@ -1,0 +1,102 @@
+"""Measurements are results too: each is saved with the fingerprint of what it measured, and reused
+while that fingerprint holds.
+
+    fingerprint(*parts)                          a short hash of what a measurement depends on
+    measured(results, name, key, measure, ...)   the saved value when `key` is unchanged, else measure() and save it
+
+The fingerprint covers the `key` a chapter passes (profile, prompts, token counts,
+adapter folders by their content), the stack and device the measurement ran on,
+and the library's own source: a change to any of them measures again; a change
+to a chapter's prose does not. Values live in results/<profile>/measurements/<name>.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from .results import Results, read_json, write_json
+
+T = TypeVar("T")
+LIBRARY = Path(__file__).resolve().parent
+_SOURCE_HASH: list[str] = []
+
+
+def _feed(h, part: Any) -> None:
+    if isinstance(part, Path):
+        files = sorted(p for p in part.rglob("*") if p.is_file()) if part.is_dir() else [part]
+        for f in files:  # a folder by its files' names and bytes, so a retrained adapter is a new key
+            h.update(str(f.relative_to(part) if part.is_dir() else f.name).encode())
+            h.update(f.read_bytes())
+        return
+    if dataclasses.is_dataclass(part) and not isinstance(part, type):
+        part = dataclasses.asdict(part)
+    if isinstance(part, dict):
+        for k in sorted(part):
+            h.update(json.dumps(str(k)).encode())
+            _feed(h, part[k])
+        return
+    if isinstance(part, (list, tuple)):
+        h.update(b"[")
+        for x in part:
+            _feed(h, x)
+        h.update(b"]")
+        return
+    h.update(json.dumps(part, default=str).encode())
+
+
+def fingerprint(*parts: Any) -> str:
+    """A 16-hex-digit hash of `parts` (dicts, lists, dataclasses, plain values; Paths by their files' content)."""
+    h = hashlib.sha256()
+    for part in parts:
+        _feed(h, part)
+    return h.hexdigest()[:16]
+
+
+def library_source() -> str:
+    """The fingerprint of the library's own code, computed once per process."""
+    if not _SOURCE_HASH:
+        _SOURCE_HASH.append(fingerprint(*[(p.name, p.read_text()) for p in sorted(LIBRARY.glob("*.py"))]))
+    return _SOURCE_HASH[0]
+
+
+def measured(results: Results, name: str, key: dict[str, Any], measure: Callable[[], T],
+             to_json: Callable[[T], Any] = lambda x: x, from_json: Callable[[Any], T] = lambda x: x) -> T:
+    """The measurement `name` of this profile: reused from disk when its fingerprint (key, stack and
+    device, library source) is the one saved with it, else made by `measure()` and saved."""
+    from .book import environment_report
+
+    path = results.path("measurements", f"{name}.json")
+    key_hash = fingerprint(key, environment_report(), library_source())
+    if path.exists():
+        saved = read_json(path)
+        if saved.get("fingerprint") == key_hash:
+            return from_json(saved["value"])
+    value = measure()
+    write_json(path, {"fingerprint": key_hash, "value": to_json(value)})
+    return value
+
+
+def generations_to_json(gens) -> list[dict[str, Any]]:
+    return [dataclasses.asdict(g) for g in gens]
+
+
+def generations_from_json(rows: list[dict[str, Any]]):
+    from .generate import Generation
+
+    return [Generation(**row) for row in rows]
+
+
+def measured_generations(results: Results, name: str, model, tokenizer, prompts: list[str], max_new_tokens: int,
+                         *, model_key: dict[str, Any], **kwargs):
+    """`generate.generate_detailed(model, tokenizer, prompts, max_new_tokens, **kwargs)` as a measurement:
+    reused while `model_key` (what identifies the model: profile, quantisation, adapter folder), the
+    prompts and the settings are unchanged."""
+    from .generate import generate_detailed
+
+    key = dict(model=model_key, prompts=list(prompts), max_new_tokens=max_new_tokens, settings=kwargs)
+    return measured(results, name, key, lambda: generate_detailed(model, tokenizer, prompts, max_new_tokens, **kwargs),
+                    generations_to_json, generations_from_json)

@@ -1,0 +1,115 @@
+"""Evaluation on a CPU dequantises the frozen 4-/8-bit weights once: same tokens, same losses, quantised model untouched."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lora_course import evaluate as ev
+from lora_course.config import get_experiment, get_profile
+from lora_course.data import RESPONSE_SUFFIX, prepare_data
+from lora_course.generate import generate_detailed
+from lora_course.lora import attach_lora
+from lora_course.model import load_model, load_tokenizer
+from lora_course.precision import for_profile
+
+EXPERIMENT = {"nf4": "qlora-r8-all", "int8": "lora8bit-r8-all"}
+
+
+def _quantised_layers(model) -> list:
+    """bitsandbytes' own layers (PEFT's LoRA wrappers around them share their class names, not their classes)."""
+    import bitsandbytes as bnb
+
+    return [m for m in model.modules() if isinstance(m, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt))]
+
+
+@pytest.fixture(scope="module")
+def smoke():
+    profile = get_profile("smoke")
+    tok = load_tokenizer(profile)
+    test = prepare_data(profile.data, tok, profile.train.max_length).test
+    return profile, tok, test
+
+
+def _adapted(profile, quantization: str):
+    """The smoke model in `quantization` with an adapter on every linear layer whose B is not zero,
+    so that the adapter changes what the model computes."""
+    precision = for_profile(profile)
+    torch.manual_seed(0)
+    model = attach_lora(load_model(profile, quantization, precision), get_experiment(EXPERIMENT[quantization]), precision)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    return model.eval()
+
+
+def _evaluate(model, tok, profile, test):
+    prompts, references = list(test["prompt"]), [d + RESPONSE_SUFFIX for d in test["description"]]
+    loss = ev.response_loss(model, tok, prompts, references, max_length=profile.train.max_length)
+    gens = generate_detailed(model, tok, prompts, 24, batch_size=len(prompts))
+    return loss, [g.raw for g in gens]
+
+
+@pytest.mark.parametrize("quantization", ["nf4", "int8"])
+def test_dequantised_gives_the_same_tokens(smoke, quantization):
+    profile, tok, test = smoke
+    model = _adapted(profile, quantization)
+    layers = _quantised_layers(model)
+    assert len(layers) == 2 * 7  # 2 blocks x 7 projections (lm_head stays float)
+
+    quant_loss, quant_raw = _evaluate(model, tok, profile, test)
+    with ev.dequantised(model, (quantization,)):
+        assert _quantised_layers(model) == []
+        dense = [m for m in model.modules() if isinstance(m, ev.DequantisedLinear)]
+        assert len(dense) == len(layers)
+        assert all(m.weight.dtype == torch.float32 for m in dense)
+        deq_loss, deq_raw = _evaluate(model, tok, profile, test)
+    # The quantised layers are back, the very same objects.
+    assert _quantised_layers(model) == layers
+
+    assert deq_raw == quant_raw
+    assert sum(len(r) for r in quant_raw) > 0
+    assert deq_loss["row_tokens"] == quant_loss["row_tokens"]
+    if quantization == "nf4":
+        # bitsandbytes' CPU 4-bit matmul is itself "dequantise, then a float linear": float rounding only.
+        assert deq_loss["row_losses"] == pytest.approx(quant_loss["row_losses"], rel=1e-6, abs=1e-7)
+    else:
+        # LLM.int8 also rounds the activations to 8 bits in eval mode: the float copy moves the losses by more
+        # than float rounding, which is why evaluation leaves 8-bit layers as they are.
+        diffs = [abs(a - b) for a, b in zip(deq_loss["row_losses"], quant_loss["row_losses"])]
+        assert 1e-6 < max(diffs) < 1e-2
+
+
+def test_dequantised_weights_are_what_the_layer_multiplies_by(smoke):
+    profile, _, _ = smoke
+    model = load_model(profile, "nf4", for_profile(profile))
+    layer = _quantised_layers(model)[0]
+    x = torch.randn(3, layer.in_features)
+    with torch.no_grad():
+        expected = layer(x)
+        weight = ev._dequantised_weight(layer)
+        assert weight.shape == (layer.out_features, layer.in_features)
+        torch.testing.assert_close(x @ weight.T, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_evaluate_model_generates_on_the_dequantised_nf4_model(smoke, monkeypatch):
+    from lora_course import generate
+
+    profile, tok, test = smoke
+    model = _adapted(profile, "nf4")
+    seen = []
+    real = generate.generate_detailed
+
+    def spy(m, *args, **kwargs):
+        seen.append(len(_quantised_layers(m)))
+        return real(m, *args, **kwargs)
+
+    monkeypatch.setattr(generate, "generate_detailed", spy)
+    ev.evaluate_model(model, tok, profile, test.select(range(2)), "nf4-check", kind="full")
+    assert seen == [0]  # one generation pass, with no quantised layer left in it
+    assert len(_quantised_layers(model)) == 2 * 7  # and the model handed back quantised
+
+    int8 = _adapted(profile, "int8")
+    ev.evaluate_model(int8, tok, profile, test.select(range(2)), "int8-check", kind="full")
+    assert seen == [0, 2 * 7]  # 8-bit layers are evaluated as they are
