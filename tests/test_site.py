@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lora_course.book import book_config_text
 from lora_course.errors import CourseError
 from lora_course.site_check import check_site, find_browser, link_problems, serve
 
@@ -35,7 +36,7 @@ def _png(path: Path, width: int = 4, height: int = 3) -> None:
 def small_site(tmp_path_factory) -> Path:
     """A two-page book built with jupyter-book and the course's own _config.yml; returns its HTML folder."""
     src = tmp_path_factory.mktemp("small-book")
-    shutil.copy2(ROOT / "_config.yml", src / "_config.yml")
+    (src / "_config.yml").write_text(book_config_text())
     (src / "_toc.yml").write_text("format: jb-book\nroot: intro\nchapters:\n  - file: second\n")
     (src / "intro.md").write_text("# A small book\n\nRead {ref}`the second page's section <a-section>`.\n")
     _png(src / "grey.png")

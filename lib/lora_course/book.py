@@ -271,11 +271,15 @@ def copy_book_sources(out_dir: Path = SOURCE_COPY) -> None:
             shutil.copytree(src, out_dir / name, dirs_exist_ok=True)
         elif src.exists():
             shutil.copy2(src, out_dir / name)
-    # The repository's address comes from pyproject.toml (install.REPOSITORY), never typed here.
+    (out_dir / "_config.yml").write_text(book_config_text())
+
+
+def book_config_text() -> str:
+    """_config.yml as jupyter-book reads it: the repository's address filled in from pyproject.toml
+    (install.REPOSITORY), which is never typed in _config.yml itself."""
     from .install import REPOSITORY
 
-    config = out_dir / "_config.yml"
-    config.write_text(config.read_text().replace(REPOSITORY_PLACEHOLDER, REPOSITORY))
+    return (REPO_ROOT / "_config.yml").read_text().replace(REPOSITORY_PLACEHOLDER, REPOSITORY)
 
 
 def build_html(out_dir: Path = SOURCE_COPY) -> None:
