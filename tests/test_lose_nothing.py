@@ -339,3 +339,22 @@ def test_a_resumed_run_counts_the_whole_run(tmp_path, capsys):
     mask = os.umask(0)
     os.umask(mask)  # safetensors writes 0600; the run's files follow the umask like any other file
     assert stat.S_IMODE((cfg.out_dir / "adapter" / "adapter_model.safetensors").stat().st_mode) == 0o666 & ~mask
+
+
+def test_the_checkpoint_cache_follows_the_umask(tmp_path):
+    """A converted or built checkpoint in the shared cache is readable by others (safetensors writes 0600)."""
+    from lora_course.model import _materialise
+
+    def build(out):
+        (out / "config.json").write_text("{}")
+        (out / "model.safetensors").write_bytes(b"x")
+        (out / "model.safetensors").chmod(0o600)
+
+    old = os.umask(0o022)
+    try:
+        target = _materialise(tmp_path / "cache" / "some-model", build)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o755
+    assert stat.S_IMODE((target / "model.safetensors").stat().st_mode) == 0o644
+    assert stat.S_IMODE((target / "config.json").stat().st_mode) == 0o644

@@ -145,7 +145,9 @@ def _materialise(target: Path, build) -> Path:
             shutil.rmtree(tmp)
         else:
             shutil.rmtree(target, ignore_errors=True)
-            tmp.chmod(0o755)
+            from .results import share_as_umask
+
+            share_as_umask(tmp)  # mkdtemp makes 0700 and safetensors writes 0600: a shared cache must be readable
             tmp.rename(target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

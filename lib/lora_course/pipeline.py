@@ -131,6 +131,11 @@ class Prepared:
     trainer: object | None  # None for a run without an adapter
     scratch: Path | None = None  # the trainer's folder when the run saves no checkpoints; removed after training
 
+    def discard(self) -> None:
+        """Remove the trainer's scratch folder: `run` does it after training; call it after `prepare` alone."""
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+
 
 def prepare(config: RunConfig, callbacks: Sequence = ()) -> Prepared:
     """Steps 1-4 of the pipeline: data, model (quantised as the experiment says), LoRA, trainer."""
@@ -163,6 +168,12 @@ def prepare(config: RunConfig, callbacks: Sequence = ()) -> Prepared:
     if settings.save_strategy == "no":
         scratch = scratch_dir(tempfile.gettempdir(), SCRATCH_PREFIX)
     output_dir = config.out_dir / CHECKPOINTS if scratch is None else scratch
+    if scratch is None and not config.out_dir.exists():
+        # The trainer makes its checkpoints folder as soon as it is built (before any training, and also
+        # when `prepare` is called alone): the run's folder is made and claimed as the course's first, so
+        # that the run, or a later one with the same name, may replace it.
+        config.out_dir.mkdir(parents=True, exist_ok=True)
+        mark(config.out_dir, "run")
     try:
         trainer = build_trainer(model, tokenizer, data.train, settings, precision, output_dir=output_dir,
                                 seed=config.seed, eval_rows=eval_rows, callbacks=list(callbacks))
