@@ -196,21 +196,17 @@ class Progress:
 
         from transformers import TrainerCallback
 
+        from .train import StepTimer
+
         me = self
         self.trainer = None
         self.earlier = {"tokens": 0, "wall_time_s": 0.0, "step_seconds": []}
-        self.step_seconds: list[float] = []
-        self._start = self._step = 0.0
+        self.steps = StepTimer()  # this call's steps; its callback runs before each save
+        self._start = 0.0
 
         class _Callback(TrainerCallback):
             def on_train_begin(self, args, state, control, **kwargs):
                 me._start = time.perf_counter()
-
-            def on_step_begin(self, args, state, control, **kwargs):
-                me._step = time.perf_counter()
-
-            def on_step_end(self, args, state, control, **kwargs):
-                me.step_seconds.append(time.perf_counter() - me._step)
 
             def on_save(self, args, state, control, **kwargs):
                 folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
@@ -218,10 +214,10 @@ class Progress:
                 write_json(folder / me.file_name(args.process_index), {
                     "tokens": int(getattr(me.trainer, "tokens_seen", 0)),
                     "wall_time_s": me.earlier["wall_time_s"] + time.perf_counter() - me._start,
-                    "step_seconds": me.earlier["step_seconds"] + me.step_seconds,
+                    "step_seconds": me.earlier["step_seconds"] + me.steps.seconds,
                 })
 
-        self.callback = _Callback()
+        self.callbacks = [self.steps.callback, _Callback()]
 
     @staticmethod
     def file_name(rank: int) -> str:
@@ -261,13 +257,10 @@ def _train(config: RunConfig, evaluate: str, resume: bool, callbacks: list, keep
     created = out_dir if not out_dir.exists() else out_dir / CHECKPOINTS if not (out_dir / CHECKPOINTS).exists() else None
     if is_main:
         clear_stale(tempfile.gettempdir(), SCRATCH_PREFIX)
-        if config.profile.train.save_strategy != "no" and not out_dir.exists():
-            out_dir.mkdir(parents=True)
-            mark(out_dir, "run")  # holds checkpoints for --resume; the finished run replaces it
     result, p = None, None
     progress = Progress() if config.profile.train.save_strategy != "no" else None
     try:
-        p = prepare(config, callbacks + ([progress.callback] if progress else []))
+        p = prepare(config, callbacks + (progress.callbacks if progress else []))
         if p.trainer is not None:
             if progress is not None:
                 progress.trainer = p.trainer

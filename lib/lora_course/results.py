@@ -53,6 +53,9 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
+LATENCY_FILE = ("deploy", "latency.json")  # chapter 5's serving latencies, under results/<profile>/
+
+
 # --------------------------------------------------------------------------- folders the course owns
 # Every folder the course creates and may later replace or remove carries this file, holding the
 # folder's kind ("run", "merged"). A folder without it is the user's: the course never deletes it.
@@ -486,17 +489,17 @@ class Results:
         """
         missing = [f"run {n!r}" for n in runs if load_run(self.dir / n) is None]
         missing += [f"evaluation {n!r}" for n in evaluations if load_evaluation(self.dir / n) is None]
-        if latency and not (self.dir / "deploy" / "latency.json").exists():
+        if latency and self.latency(chapter=None) is None:
             missing.append("the latency table")
         if missing:
             raise CourseError(f"This page needs {', '.join(missing)} from {chapter}, not in {self.dir}: "
                               f"run {chapter} first, at profile {self.profile!r}.")
 
     def save_latency(self, table: LatencyTable) -> None:
-        write_json(self.path("deploy", "latency.json"), table.to_dict())
+        write_json(self.path(*LATENCY_FILE), table.to_dict())
 
     def latency(self, chapter: str | None = "chapter 5") -> LatencyTable | None:
-        path = self.dir / "deploy" / "latency.json"
+        path = self.dir.joinpath(*LATENCY_FILE)
         if not path.exists():
             if chapter is not None:
                 raise CourseError(f"No latency table in {path.parent}: run {chapter} first, at profile {self.profile!r}.")
