@@ -121,15 +121,20 @@ def resolve_checkpoint(model: str | ModelSpec) -> str:
         key = hashlib.sha256(json.dumps([spec.architecture, SMOKE_SEED, BUILD_VERSION], sort_keys=True).encode())
         return str(_materialise(cache_dir() / f"random-{spec.name}-{key.hexdigest()[:12]}", lambda out: _build_random(spec, out)))
     if spec.source == "smoke":
-        key = hashlib.sha256(json.dumps([spec.architecture, SMOKE_SEED, BUILD_VERSION, _smoke_corpus()], sort_keys=True).encode())
-        return str(_materialise(cache_dir() / f"smoke-llama-{key.hexdigest()[:12]}", lambda out: _build_smoke(spec, out)))
+        return _built(spec, _smoke_corpus(), _build_smoke)
     if spec.source == "mini":
-        key = hashlib.sha256(json.dumps([spec.architecture, SMOKE_SEED, BUILD_VERSION], sort_keys=True).encode())
-        return str(_materialise(cache_dir() / f"{spec.name}-{key.hexdigest()[:12]}", lambda out: _build_mini(spec, out)))
+        return _built(spec, _sample_texts(), _build_mini)
     if spec.source == "shape":
         raise CourseError(f"Model {spec.name!r} is a set of shapes for arithmetic, not a checkpoint: "
                           "count it with meta_model(), or train one of the profiles' models.")
     raise CourseError(f"Model {spec.name!r} has an unknown source {spec.source!r}.")
+
+
+def _built(spec: ModelSpec, corpus: list[str], build) -> str:
+    """A model built in-process from `spec` and a tokenizer corpus, cached under a key of everything
+    the build reads (architecture, seed, corpus, BUILD_VERSION)."""
+    key = hashlib.sha256(json.dumps([spec.architecture, SMOKE_SEED, BUILD_VERSION, corpus], sort_keys=True).encode())
+    return str(_materialise(cache_dir() / f"{spec.name}-{key.hexdigest()[:12]}", lambda out: build(spec, out)))
 
 
 def _materialise(target: Path, build) -> Path:
