@@ -10,6 +10,7 @@ then renders _build/src/ with execution off and warnings as errors.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shutil
@@ -296,16 +297,24 @@ def build_book(profile: str = "cpu") -> Path:
     """Run every chapter, then render; fails naming the chapters that failed."""
     shutil.rmtree(SOURCE_COPY, ignore_errors=True)
     copy_book_sources()
-    failed = run_chapters(profile)
+    return _render(profile, run_chapters(profile))
+
+
+def _render(profile: str, failed: list[str]) -> Path:
+    """After the chapters ran into _build/src: their time table, then the HTML unless one failed."""
     print(chapter_times_table(SOURCE_COPY / TIMES_FILE))
-    if failed:
-        raise CourseError(
-            f"Chapter(s) {', '.join(failed)} failed at profile {profile}: the executed notebooks in "
-            f"{SOURCE_COPY / 'chapters'} show the failing cell; the other chapters' results are kept."
-        )
+    _stop_if_failed(failed, profile, SOURCE_COPY)
     build_html()
     print(f"[book] HTML: {HTML_DIR / 'index.html'}")
     return HTML_DIR
+
+
+def _stop_if_failed(failed: list[str], profile: str, out_dir: Path) -> None:
+    if failed:
+        raise CourseError(
+            f"Chapter(s) {', '.join(failed)} failed at profile {profile}: the executed notebooks in "
+            f"{out_dir / 'chapters'} show the failing cell; the other chapters' results are kept."
+        )
 
 
 def select_chapters(names: list[str]) -> list[Path]:
@@ -327,7 +336,7 @@ def rebuild_chapters(profile: str, names: list[str]) -> Path:
     """
     selected = select_chapters(names)
     times = SOURCE_COPY / TIMES_FILE
-    saved = json_or_none(times)
+    saved = json.loads(times.read_text()) if times.exists() else None
     missing = [nb.stem for nb in chapter_notebooks()
                if nb not in selected and not (SOURCE_COPY / "chapters" / nb.name).exists()]
     if missing or saved is None or saved.get("profile") != profile:
@@ -338,23 +347,7 @@ def rebuild_chapters(profile: str, names: list[str]) -> Path:
             + f": run the whole book once (make book PROFILE={profile})."
         )
     copy_book_sources()
-    failed = run_chapters(profile, selected)
-    print(chapter_times_table(times))
-    if failed:
-        raise CourseError(
-            f"Chapter(s) {', '.join(failed)} failed at profile {profile}: the executed notebooks in "
-            f"{SOURCE_COPY / 'chapters'} show the failing cell."
-        )
-    build_html()
-    print(f"[book] HTML: {HTML_DIR / 'index.html'}")
-    return HTML_DIR
-
-
-def json_or_none(path: Path):
-    """A JSON file's content, or None when there is none."""
-    import json
-
-    return json.loads(path.read_text()) if path.exists() else None
+    return _render(profile, run_chapters(profile, selected))
 
 
 def execute_chapters(profile: str, out_dir: Path | None = None, results_dir: str | None = None) -> Path:
@@ -365,12 +358,7 @@ def execute_chapters(profile: str, out_dir: Path | None = None, results_dir: str
     """
     out_dir = out_dir or BUILD_DIR / f"executed-{profile}"
     shutil.rmtree(out_dir / "chapters", ignore_errors=True)
-    failed = run_chapters(profile, out_dir=out_dir, results_dir=results_dir)
-    if failed:
-        raise CourseError(
-            f"Chapter(s) {', '.join(failed)} failed at profile {profile}: the executed notebooks in "
-            f"{out_dir / 'chapters'} show the failing cell; the other chapters' results are kept."
-        )
+    _stop_if_failed(run_chapters(profile, out_dir=out_dir, results_dir=results_dir), profile, out_dir)
     print(f"[book] every chapter ran at profile {profile}: {out_dir / 'chapters'}")
     return out_dir
 
