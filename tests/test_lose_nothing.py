@@ -58,6 +58,27 @@ def test_a_run_name_is_one_folder_name(name, tmp_path, capsys):
     assert _survive(files)
 
 
+def test_a_name_from_the_command_line_is_one_part(tmp_path, capsys):
+    """Only the library nests runs (its sweep's "sweep/<point>"); --name a/b is refused and nothing is made."""
+    root = tmp_path / "results"
+    files = _plant(root)
+    before = sorted(root.rglob("*"))
+    code = main([*TRAIN, "--name", "a/b", "--results", str(root)])
+    err = capsys.readouterr().err
+    assert code == 2 and _one_sentence(err), err
+    assert err == ("error: The run name 'a/b' is not a folder name: use letters, digits, '.', '_' and '-' only, "
+                   "not '.' or '..', e.g. --name qv-long.\n")
+    assert sorted(root.rglob("*")) == before and _survive(files)
+
+
+def test_the_process_comparison_runs_have_one_part_names():
+    from lora_course.config import check_run_name
+    from lora_course.distributed import MANY, ONE
+
+    for name in (ONE, MANY.format(2), MANY.format(8)):
+        check_run_name(name)  # launched through train --name, which takes one folder name
+
+
 def test_names_may_nest_but_never_climb():
     assert RunConfig.create("qlora-r8-qv", "smoke", name="sweep/qv-r4").out_dir.parts[-2:] == ("sweep", "qv-r4")
     for bad in ("sweep/..", "/sweep", "sweep//x", "../x"):

@@ -1,7 +1,9 @@
 """Command line: python -m lora_course {list,params,train,generate,merge,bench,sweep,train-check,book,check-book,device-run} --help
 
-Under `accelerate launch` (e.g. `accelerate launch --num_processes 2 -m lora_course train ...`)
-every process trains on its shard of the rows and only the main process writes results.
+Under `accelerate launch` (e.g. `accelerate launch --num_processes 2 -m lora_course train ...`, or
+`python -m lora_course train --processes 2 ...`, which launches it) every process trains on its shard
+of the rows and only the main process writes results. A refusal or an interruption is said once, by
+the first process that meets it; every process that meets one exits with its status (2 or 130).
 """
 
 from __future__ import annotations
@@ -33,8 +35,30 @@ class _Parser(argparse.ArgumentParser):
     """argparse, with a bad argument reported in one sentence instead of the usage block."""
 
     def error(self, message: str):
-        print(f"error: {message}: see {self.prog} --help.", file=sys.stderr)
-        raise SystemExit(2)
+        say_once(f"error: {message}: see {self.prog} --help.")
+        raise SystemExit(REFUSED)
+
+
+REFUSED, INTERRUPTED = 2, 130  # exit statuses of a refusal (one sentence said) and of Ctrl-C (the shell's, for SIGINT)
+
+
+def say_once(line: str) -> None:
+    """Print a refusal or interruption on stderr; under a launcher, only the first process to meet one prints it.
+
+    torchrun (under `accelerate launch`) gives each launch attempt a scratch folder of its own
+    (TORCHELASTIC_ERROR_FILE lies in it): the first process to create the marker there speaks.
+    Under another launcher, each process that fails says it, rather than none.
+    """
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and error_file:
+        marker = os.path.join(os.path.dirname(os.path.dirname(error_file)), "lora_course-said")
+        try:
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return
+        except OSError:
+            pass  # no marker possible: say it
+    print(line, file=sys.stderr, flush=True)
 
 
 def _count(text: str) -> int:
@@ -86,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the run's folder")
     p.add_argument("--keep-global-batch", action="store_true",
                    help="under accelerate launch, divide gradient accumulation by the number of processes")
+    p.add_argument("--processes", type=_count, default=1,
+                   help="data-parallel processes on this machine, started through accelerate launch (default: 1)")
 
     p = sub.add_parser("generate", help="generate a description with a trained adapter (or the base model)")
     _run_args(p)
@@ -163,16 +189,18 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet.install()
     _exit_on_sigterm()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return COMMANDS[args.command](args)
     except CourseError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        say_once(f"error: {exc}")
+        return REFUSED
     except KeyboardInterrupt as exc:  # Ctrl-C: one line, with what was kept, and the shell's code for SIGINT
         kept = "; ".join(getattr(exc, "__notes__", ())) or "nothing was written"
-        print(f"interrupted: {kept}.", file=sys.stderr)
-        return 130
+        say_once(f"interrupted: {kept}.")
+        return INTERRUPTED
 
 
 def _parse_sets(items: list[str]) -> tuple[dict, dict, dict]:
@@ -190,6 +218,22 @@ def _parse_sets(items: list[str]) -> tuple[dict, dict, dict]:
             raise CourseError(f"--set {name}: no trainer, LoRA or data setting has that name; {known}.")
         found[kind][name] = parse_setting(kinds[kind], name, text)
     return found["trainer"], found["LoRA"], found["data"]
+
+
+def _without_processes(train_args: list[str]) -> list[str]:
+    """The train command's arguments less --processes (or an abbreviation argparse took for it) and its value."""
+    options = [o for o in build_parser()._subparsers._group_actions[0].choices["train"]._option_string_actions
+               if o.startswith("--")]
+    kept, skip = [], False
+    for item in train_args:
+        option = item.split("=", 1)[0]
+        if skip:
+            skip = False
+        elif item.startswith("--") and [o for o in options if o.startswith(option)] in (["--processes"],):
+            skip = "=" not in item
+        else:
+            kept.append(item)
+    return kept
 
 
 def _with_model(profile, model: str | None):
@@ -226,7 +270,7 @@ def cmd_train(args) -> int:
     from .pipeline import run
 
     if args.name:
-        check_run_name(args.name, nested=True)  # e.g. ddp/2-processes, as chapter 9 launches it
+        check_run_name(args.name)  # one folder name; only the library nests runs (sweep/<point>)
     train, lora, data = _parse_sets(args.set)
     if args.max_steps is not None:
         train["max_steps"] = args.max_steps
@@ -236,7 +280,8 @@ def cmd_train(args) -> int:
                           f"see its output with generate --base, or pick a LoRA experiment to train.")
     if lora:
         experiment = experiment.with_lora(**lora)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    launching = args.processes > 1 and "WORLD_SIZE" not in os.environ  # this process starts the others
+    world = args.processes if launching else int(os.environ.get("WORLD_SIZE", "1"))
     profile = _with_model(get_profile(args.profile), args.model)
     accumulation = train.get("gradient_accumulation_steps", profile.train.gradient_accumulation_steps)
     if args.keep_global_batch:
@@ -259,6 +304,10 @@ def cmd_train(args) -> int:
         precision[name] = value
     config = RunConfig.create(experiment, profile, seed=args.seed, results_dir=args.results, name=args.name,
                               data=data or None, precision=precision or None, **train)
+    if launching:  # every check above ran once, here, before any process starts
+        from .distributed import launch
+
+        return launch(args.processes, _without_processes(args.argv[1:]))
     micro = config.profile.train.per_device_train_batch_size
     if world > 1 and os.environ.get("RANK", "0") == "0":
         print(f"{world} processes x {micro} rows x {accumulation} accumulation = {world * micro * accumulation} rows "

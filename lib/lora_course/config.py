@@ -701,8 +701,9 @@ _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012
 def check_run_name(name: str, nested: bool = False) -> None:
     """A run name is one folder name: letters, digits, '.', '_', '-', and not '.' or '..'.
 
-    With `nested`, '/' may separate several such parts ("sweep/<point>", "ddp/2-processes"): the run's
-    folder then lies deeper inside results/<profile>, never outside it.
+    With `nested`, '/' may separate several such parts, as the library's own sweep names its points
+    ("sweep/<point>"): the run's folder then lies deeper inside results/<profile>, never outside it.
+    A name from the command line (--name) is always one part.
     """
     parts = name.split("/") if nested else [name]
     if not all(p and p not in (".", "..") and set(p) <= _NAME_CHARS for p in parts):

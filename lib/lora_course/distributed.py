@@ -1,6 +1,7 @@
 """Data-parallel training with Accelerate, checked on CPU processes.
 
-    launch_command(n, train_args)        `accelerate launch` for n processes of `python -m lora_course train`
+    launch(n, train_args)                `accelerate launch` of n processes of `python -m lora_course train`, in this process
+    launch_command(n, train_args)        the command line that does it (`python -m lora_course train --processes n ...`)
     compare_process_counts(profile, ...)  1 process x accumulation k against k processes x accumulation 1
 
 On a machine without GPUs, `accelerate launch --multi_gpu --num_processes 2`
@@ -25,9 +26,54 @@ from .errors import CourseError
 
 def launch_command(processes: int, train_args: list[str]) -> list[str]:
     """The command line that trains with `processes` data-parallel processes on this machine."""
-    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            "-m", "lora_course", "train", *train_args]
+    return [sys.executable, "-m", "lora_course", "train", "--processes", str(processes), *train_args]
+
+
+def launch(processes: int, train_args: list[str]) -> int:
+    """Run `accelerate launch` for `processes` processes of `python -m lora_course train train_args` and return
+    the exit status; a failure is reported once, in one sentence, without the launcher's traceback.
+
+    A process that refuses its input or is interrupted has said so itself (once for all of them, see
+    cli.say_once) and exits 2 or 130: that status is returned as it is. Any other failure of a process
+    (a crash, whose traceback that process printed, or a signal) becomes one CourseError here.
+    """
+    import logging
+    import signal
+
+    import torch.distributed.run  # noqa: F401  (creates the launcher's loggers, quietened below)
+    from accelerate.commands.launch import launch_command as accelerate_launch
+    from accelerate.commands.launch import launch_command_parser
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    from .cli import INTERRUPTED, REFUSED
+
+    args = launch_command_parser().parse_args(
+        ["--multi_gpu", "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no", "-m", "lora_course", "train", *train_args])
+    # The launcher logs each failure (exit codes, the SIGTERM it sends the others): the processes say it better.
+    loggers = [logging.getLogger(n) for n in list(logging.root.manager.loggerDict) if n.startswith("torch.distributed")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        accelerate_launch(args)
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        if failure.exitcode in (REFUSED, INTERRUPTED):
+            return failure.exitcode
+        if failure.exitcode < 0:
+            name = signal.Signals(-failure.exitcode).name
+            raise CourseError(f"Process {rank} of {processes} was stopped by {name} (SIGKILL is often the system "
+                              f"out of memory): run with fewer processes or rows.") from None
+        raise CourseError(f"Process {rank} of {processes} failed with exit status {failure.exitcode}: its own "
+                          f"output above says why.") from None
+    except SignalException:  # Ctrl-C or a stop of the launcher: the processes, stopped too, have said what was kept
+        return INTERRUPTED
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+    return 0
 
 
 @dataclass
@@ -70,7 +116,7 @@ def compare_process_counts(profile: str, results_dir: str | Path, processes: int
     return load_comparison(results_dir, profile, processes)
 
 
-ONE, MANY = "ddp/one-process", "ddp/{}-processes"  # run folders under results/<profile>/
+ONE, MANY = "ddp-one-process", "ddp-{}-processes"  # run folders under results/<profile>/, one name each
 
 
 def load_comparison(results_dir: str | Path, profile: str, processes: int = 2) -> ProcessComparison:
@@ -88,9 +134,10 @@ def load_comparison(results_dir: str | Path, profile: str, processes: int = 2) -
 
 
 def _last_error(stderr: str) -> str:
-    """The most telling line of a failed launch: the last 'error:' or exception line."""
+    """The most telling line of a failed launch: the course's sentence, else a process's exception, else the last."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    for line in reversed(lines):
-        if line.startswith("error:") or "Error:" in line:
-            return line[:300]
-    return lines[-1][:300] if lines else "no output"
+    said = [line for line in lines if line.startswith(("error:", "interrupted:"))]
+    if said and not said[-1].startswith("error: Process "):  # a refusal, not launch()'s pointer to the output
+        return said[-1][:300]
+    raised = [line for line in lines if "Error:" in line and not line.startswith("error:")]
+    return (raised or said or lines or ["no output"])[-1][:300]
