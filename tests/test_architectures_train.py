@@ -23,8 +23,12 @@ def folders(tmp_path_factory):
     return {kind: write_tiny_checkpoint(kind, root / kind) for kind in KINDS}
 
 
-@pytest.mark.parametrize("experiment", ["qlora-r8-all", "lora-r8-all"])  # NF4, and the unquantised base
-@pytest.mark.parametrize("kind", KINDS)
+# Every layout in NF4 (the course's path); the unquantised base with two layouts, the Linear one (Llama) and the
+# Conv1D one (GPT-2): without bitsandbytes the other layouts take the same code as Llama's.
+CASES = [(kind, "qlora-r8-all") for kind in KINDS] + [("llama", "lora-r8-all"), ("gpt2", "lora-r8-all")]
+
+
+@pytest.mark.parametrize(("kind", "experiment"), CASES)
 def test_train_save_reload_merge(folders, tmp_path, kind, experiment):
     profile = dataclasses.replace(get_profile("smoke"), model=str(folders[kind]))
     # 16 rows, 2 per step, 64 tokens: three optimizer steps in well under a second each.
