@@ -139,7 +139,7 @@ def differences(diffs, path: str | os.PathLike | None = None, title: str = "Pair
 
 def params_vs_quality(
     lines: Mapping[str, list[tuple]],
-    metric: str = "held-out response loss",
+    metric: str = "response_loss",
     path: str | os.PathLike | None = None,
     band: tuple[float, float] | None = None,
     reference: tuple[str, float] | None = None,
@@ -148,7 +148,7 @@ def params_vs_quality(
 
     A point is (parameters, value) or (parameters, value, label); a label is written beside its
     point. Points of one family that share a parameter count (two base precisions, two seeds) are
-    spread apart by a few percent along the axis, so none hides another; the family's line joins
+    spread apart by ten percent along the axis, so none hides another; the family's line joins
     the mean value at each distinct count. `band` = (low, high) shades the seed-to-seed noise floor;
     `reference` = (label, value) draws a dashed line, e.g. the untuned base model, which has no place
     on a log axis.
@@ -167,18 +167,20 @@ def params_vs_quality(
         xs, ys = [], []
         for count, group in by_count.items():
             for k, p in enumerate(group):
-                x = count * 1.06 ** (k - (len(group) - 1) / 2)
+                x = count * 1.1 ** (k - (len(group) - 1) / 2)
                 xs.append(x)
                 ys.append(p[1])
-                if len(p) > 2:
-                    ax.annotate(str(p[2]), (x, p[1]), textcoords="offset points", xytext=(6, 4), fontsize="x-small",
-                                color=c)
+                if len(p) > 2:  # labels of points that share a count go left and right of them in turn
+                    left = k % 2 == 0 and len(group) > 1
+                    ax.annotate(str(p[2]), (x, p[1]), textcoords="offset points", xytext=(-6 if left else 6, 5),
+                                ha="right" if left else "left", fontsize="x-small", color=c)
         ax.scatter(xs, ys, color=c, label=name, zorder=3)
     if band is not None:
         ax.axhspan(band[0], band[1], color="tab:orange", alpha=0.2, label="seed-to-seed band")
     if reference is not None:
         ax.axhline(reference[1], linestyle="--", color="grey", label=reference[0])
     ax.set_xscale("log")
+    ax.margins(x=0.12)  # room for the labels of the outermost points
     ax.set(xlabel="trainable parameters (log scale)", ylabel=label(metric), title=f"{label(metric)} against adapter size")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize="small")
