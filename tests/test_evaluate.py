@@ -367,7 +367,9 @@ def test_params_vs_quality_log_axis_band_and_baseline_line(tmp_path):
     ax = fig.axes[0]
     assert ax.get_xscale() == "log"
     solid = [line for line in ax.lines if line.get_linestyle() == "-"]
-    assert [list(line.get_xdata()) for line in solid] == [[332_800, 2_662_400], [12_994_560]]  # sorted by size
+    # a family's line joins its sizes, sorted; a family of one size is a point, not a line
+    assert [list(line.get_xdata()) for line in solid] == [[332_800, 2_662_400]]
+    assert [[x for x, _ in c.get_offsets()] for c in ax.collections] == [[332_800, 2_662_400], [12_994_560]]
     assert [list(line.get_ydata()) for line in ax.lines if line.get_linestyle() == "--"] == [[4.7, 4.7]]
     assert len(ax.patches) == 1  # the noise band
     assert _png_ok(tmp_path / "pq.png")

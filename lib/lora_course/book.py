@@ -111,7 +111,7 @@ def setup_chapter(profile: str, seed: int = 42, results_dir: str | os.PathLike =
         root = REPO_ROOT / root
     ctx = ChapterContext(prof, seed, Results(root, prof.name))
     spec = prof.model_spec
-    model = spec.hub_id or spec.description.split(",")[0]
+    model = spec.shown_name
     glue_text("profile", prof.name)
     glue_text("model", model)
     from .generate import wrap

@@ -54,6 +54,11 @@ class ModelSpec:
     description: str = ""
     packages: tuple[str, ...] = ()
 
+    @property
+    def shown_name(self) -> str:
+        """How the pages name the model: its hub id, else the first part of its description."""
+        return self.hub_id or self.description.split(",")[0]
+
 
 OPEN_LLAMA_3B_V2 = ModelSpec(
     name="open_llama_3b_v2",

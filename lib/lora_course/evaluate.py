@@ -220,6 +220,97 @@ def behaviours(generations: Sequence[Any], max_new_tokens: int) -> pd.Series:
     return pd.Series(shares, name="share").sort_values(ascending=False, kind="stable")
 
 
+# --------------------------------------------------------------------------- failure modes of tuned models
+# A tuned model fails differently from the base: it answers in the template and stops, but
+# may say the same thing twice, fall into a loop, or describe a product other than the one asked.
+LOOP_REPEATS = 3  # a loop: the same span of words three times back to back
+_LOOP_SPAN = 12  # longest span looked for, in words
+# A name at the head of a sentence that the sentence then describes: "The Ventora K2 is ...".
+_NAMED_SUBJECT = re.compile(
+    r"(?:^|(?<=[.!?\n])\s*)(?:The\s+|the\s+)?((?:[A-Z0-9][\w'-]*\s+){0,3}[A-Z0-9][\w'-]*)\s+"
+    r"(?:is|are|has|features|offers|comes|combines|brings|uses)\b"
+)
+_NOT_A_NAME = {"a", "an", "the", "it", "its", "this", "these", "that", "each", "every", "our", "your", "with",
+               "for", "in", "on", "at", "there", "here", "one", "two", "three", "four", "five"}
+
+
+def loops(text: str, repeats: int = LOOP_REPEATS) -> bool:
+    """The response falls into a loop: some span of 1 to 12 words occurs `repeats` times back to back
+    (a span of one word counts only when it is repeated twice as often, so that "very, very" is no loop)."""
+    words = _words(text)
+    for span in range(1, _LOOP_SPAN + 1):
+        need = repeats * (2 if span == 1 else 1)
+        for start in range(0, len(words) - span * need + 1):
+            first = words[start:start + span]
+            if all(words[start + k * span:start + (k + 1) * span] == first for k in range(1, need)):
+                return True
+    return False
+
+
+def named_products(text: str, catalogue: Sequence[str] = ()) -> list[str]:
+    """Product names in a response: every name of `catalogue` it contains (whole words, case kept), and
+    every name that heads a sentence describing it ("The Ventora K2 is ...": two capitalised words or
+    more, or one with a digit or an inner capital such as "SmartClean")."""
+    found = [name for name in catalogue if re.search(rf"(?<!\w){re.escape(name)}(?!\w)", text)]
+    for match in _NAMED_SUBJECT.finditer(text):
+        words = match.group(1).split()
+        while words and words[0].lower() in _NOT_A_NAME:
+            words = words[1:]
+        if not words:
+            continue
+        name = " ".join(words)
+        if len(words) >= 2 or re.search(r"\d|\w[A-Z]", name):
+            if name not in found:
+                found.append(name)
+    return found
+
+
+def renamed_product(text: str, product: str, catalogue: Sequence[str] = ()) -> bool:
+    """The response names a product other than the prompt's: a name of `named_products` that shares
+    no word with the prompt's product name."""
+    asked = set(_words(product))
+    return any(not (set(_words(name)) & asked) for name in named_products(text, catalogue))
+
+
+FAILURES = {
+    "repeats a sentence": lambda text, product, catalogue: has_repeated_sentence(text),
+    "loops": lambda text, product, catalogue: loops(text),
+    "renames the product": lambda text, product, catalogue: renamed_product(text, product, catalogue),
+}
+
+
+def failure_counts(texts: Sequence[str], products: Sequence[str], catalogue: Sequence[str] = ()) -> pd.Series:
+    """How many responses show each failure of FAILURES, out of len(texts) (one product per response)."""
+    if len(texts) != len(products):
+        raise CourseError(f"Got {len(texts)} responses but {len(products)} product names: pass the product each "
+                          "response was asked to describe.")
+    counts = {name: sum(bool(test(t, p, catalogue)) for t, p in zip(texts, products)) for name, test in FAILURES.items()}
+    return pd.Series(counts, name="responses", dtype=int)
+
+
+def failure_table(evaluations: dict[str, Evaluation], products: Sequence[str], catalogue: Sequence[str] = ()) -> pd.DataFrame:
+    """Per run, its responses (held-out rows, then the post's prompts) showing each failure of FAILURES,
+    and the number of responses. `products` are the held-out rows' products, in the rows' order."""
+    table = {}
+    for name, ev in evaluations.items():
+        if ev.heldout is None:
+            raise CourseError(f"Evaluation {name!r} has no generations: evaluate it with kind 'full'.")
+        texts = list(ev.heldout.rows["text"]) + [g["text"] for g in ev.prompt_generations]
+        asked = list(products) + [g["product"] for g in ev.prompt_generations]
+        if len(asked) != len(texts):
+            raise CourseError(f"Evaluation {name!r} has {len(ev.heldout.rows)} held-out rows but {len(products)} "
+                              "products were given: pass the products of the same held-out split.")
+        table[name] = {**failure_counts(texts, asked, catalogue).to_dict(), "responses": len(texts)}
+    return pd.DataFrame(table).T.astype(int)
+
+
+def describe_failures(row: pd.Series) -> str:
+    """One run's row of `failure_table` in words: "of 53 answers, 2 repeat a sentence, 0 loop, ..."."""
+    verbs = {"repeats a sentence": "repeat a sentence", "loops": "loop", "renames the product": "name another product"}
+    parts = [f"{int(row[k])} {v}" for k, v in verbs.items()]
+    return f"of {int(row['responses'])} answers, " + ", ".join(parts)
+
+
 def describe_behaviours(shares: pd.Series, at_least: float = 0.25) -> str:
     """The behaviours seen in at least `at_least` of the generations, as words ("never stops (100%), ...")."""
     seen = [f"{name} ({share:.0%})" for name, share in shares.items() if share >= at_least]

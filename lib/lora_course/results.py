@@ -257,6 +257,46 @@ class TrainResult:
         return d
 
 
+def _points(losses: list[dict[str, float]]) -> list[tuple[float, float]]:
+    points = [(e["step"], e["loss"]) for e in losses if "loss" in e]
+    if len(points) < 2:
+        raise CourseError(f"A loss curve needs two logged losses or more, got {len(points)}: log every step "
+                          "(logging_steps=1) or train longer.")
+    return points
+
+
+def loss_moves(losses: list[dict[str, float]]) -> dict[str, int]:
+    """How a logged loss curve moved from one logged step to the next: {"rose": n, "fell": m, "steps": n + m + flat}."""
+    values = [v for _, v in _points(losses)]
+    moves = [b - a for a, b in zip(values, values[1:])]
+    return {"rose": sum(m > 0 for m in moves), "fell": sum(m < 0 for m in moves), "steps": len(moves)}
+
+
+def early_drop_share(losses: list[dict[str, float]], fraction: float = 0.25) -> float:
+    """Share of a curve's whole fall that has happened after the first `fraction` of its logged points.
+    The whole fall runs from the first loss to the mean of the last `fraction` of the points; the point
+    reached is the mean of the three points ending a `fraction` of the way in, so that one noisy step
+    decides neither. Near 1: the loss drops at once, then flattens; near `fraction`: an even pace.
+    NaN when the curve does not fall."""
+    points = _points(losses)
+    k = max(1, round(len(points) * fraction))
+    start = points[0][1]
+    early = sum(v for _, v in points[max(0, k - 2):k + 1]) / len(points[max(0, k - 2):k + 1])
+    end = sum(v for _, v in points[-k:]) / k
+    if start - end <= 0:
+        return math.nan  # no fall to share
+    return (start - early) / (start - end)
+
+
+def largest_gap(a: list[dict[str, float]], b: list[dict[str, float]]) -> float:
+    """Largest difference between two loss curves at the steps both logged."""
+    pa, pb = dict(_points(a)), dict(_points(b))
+    common = sorted(set(pa) & set(pb))
+    if not common:
+        raise CourseError("The two loss curves share no logged step: log both at the same steps.")
+    return max(abs(pa[s] - pb[s]) for s in common)
+
+
 @dataclass
 class EvalResult:
     """Per-row metrics (`rows`) and, per metric, mean with 95% bootstrap interval (`summary`)."""
@@ -515,3 +555,45 @@ class Results:
         if not path.exists():
             raise CourseError(f"No result {name!r} in {path.parent}: run {chapter} first, at profile {self.profile!r}.")
         return read_json(path)
+
+
+# --------------------------------------------------------------------------- beside the post
+def course_measures(run: Run, evaluation: Evaluation | None = None) -> dict[str, float]:
+    """What the course measured for one run, in the terms the post-beside table uses: trainable
+    parameters, training minutes, held-out loss, stop rate and repetition rate (share of held-out
+    answers with a sentence said twice)."""
+    ev = evaluation if evaluation is not None else run.evaluation
+    if run.result is None or ev is None or ev.heldout is None:
+        raise CourseError(f"Run {run.name!r} needs its training result and a full evaluation: "
+                          "run it with evaluate='full'.")
+    return {"trainable parameters": int(run.params["trainable"]), "training minutes": run.result.wall_time_s / 60,
+            "held-out loss": ev.metric("response_loss"), "stop rate": ev.metric("stopped"),
+            "repetition rate": ev.metric("has_repeated_sentence")}
+
+
+def beside_post(run: Run, evaluation: Evaluation, evidence: str, here: str = "this course") -> pd.DataFrame:
+    """One experiment: the post's trainable parameters, minutes, verdict and example outputs beside the
+    course's parameters, minutes, held-out loss, stop rate, repetition rate and `evidence` (the
+    course's counted failures, in words). Rows are the measures; columns the post and `here`."""
+    from .config import PROFILES
+    from .post import EPOCHS, EXAMPLES, REPORTED, TRAIN_ROWS
+
+    name = run.config.experiment.name
+    if name not in REPORTED:
+        raise CourseError(f"The post reports no run {name!r}: choose one of {', '.join(REPORTED)}.")
+    post, ours = REPORTED[name], course_measures(run, evaluation)
+    minutes = f"about {post['minutes']:g}" if post["minutes"] is not None else "not given"
+    rows = {
+        "model": (PROFILES["gpu"].model_spec.shown_name, run.config.profile.model_spec.shown_name),
+        "trainable parameters": (f"{post['trainable']:,}", f"{ours['trainable parameters']:,}"),
+        "training minutes": (f"{minutes} ({EPOCHS} epochs of {TRAIN_ROWS:,} rows, one A100)",
+                             f"{ours['training minutes']:.1f} ({run.result.steps} steps)"),
+        "held-out loss": ("not reported", f"{ours['held-out loss']:.3f}"),
+        "stop rate": ("no learned stop: cut at the next ###", f"{ours['stop rate']:.0%}"),
+        "repetition rate": ("not reported", f"{ours['repetition rate']:.0%}"),
+        "verdict / what the outputs show": (post["verdict"], evidence),
+        "example outputs": (EXAMPLES[name], "counted, not read: see the failure table"),
+    }
+    table = pd.DataFrame(rows, index=["the post", here]).T
+    table.index.name = name
+    return table
