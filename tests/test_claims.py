@@ -85,6 +85,12 @@ def test_exemptions_are_rare():
 
 @pytest.mark.parametrize("text, flagged", [
     ("Packing is 3x faster.", True),
+    ("It trains 6.2x the parameters.", True),
+    ("q and v: 26 x 2 x 8 = {glue:text}`qv8`", False),  # a product, not a multiple
+    ("The mean with its 90% bootstrap interval.", False),  # an interval's level, not a share
+    ("NF4 with double quantisation.", False),  # a name
+    ("A third option is a chat template.", False),  # an ordinal
+    ("An eighth of fp32's footprint.", True),  # a fraction
     ("It keeps 5% for evaluation.", True),
     ("The run took five times as long.", True),
     ("The 4-bit footprint is far from a quarter of fp32's.", True),

@@ -61,16 +61,17 @@ _WORDS = [
     # directions
     r"ris(?:e|es|ing)", r"rose", r"fall(?:s|ing)?", r"fell", r"grow(?:s|ing)?", r"grew",
     r"shrink(?:s|ing)?", r"shrank", r"improve(?:s|d)?", r"improving", r"help(?:s|ed)?", r"hurt(?:s)?",
-    r"beat(?:s)?", r"outperform(?:s|ed)?", r"exceed(?:s|ed)?", r"dominat(?:e|es|ed)", r"doubl(?:e|es|ed)",
+    r"beat(?:s)?", r"outperform(?:s|ed)?", r"exceed(?:s|ed)?", r"dominat(?:e|es|ed)",
+    r"doubl(?:e|es|ed)(?! quanti)",  # not the name "double quantisation"
     r"halv(?:e|es|ed)", r"barely", r"twice", r"half",
-    r"(?:a|an|one|two|three) (?:third|quarter|fifth|sixth|eighth|tenth)s?",
+    r"(?:a|an|one|two|three) (?:third|quarter|fifth|sixth|eighth|tenth)s? of",  # fractions, not ordinals
     # sameness
     r"no difference", r"(?:do|does|did) not differ",
 ]
 OUTCOME = re.compile(
     r"(?<![\w-])(?:" + "|".join(_WORDS) + r")(?![\w-])"  # words (not parts of `some-name`)
-    r"|\b\d+(?:[.,]\d+)?\s?(?:x|×)(?!\w)"  # multiples typed as 5x
-    r"|\b\d+(?:[.,]\d+)?\s?(?:%|percent\b)"  # typed shares
+    r"|\b\d+(?:[.,]\d+)?(?:x|×)(?!\w)"  # multiples typed as 5x (not the product sign of "26 x 2")
+    r"|\b\d+(?:[.,]\d+)?\s?(?:%|percent\b)(?!\s+(?:[\w-]+\s+){0,2}interval)"  # typed shares (not "90% interval")
     r"|\b(?:\d+(?:[.,]\d+)?|two|three|four|five|six|seven|eight|nine|ten)\s+times\b",  # typed multiples
     re.IGNORECASE,
 )
