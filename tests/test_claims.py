@@ -91,6 +91,8 @@ def test_exemptions_are_rare():
     ("NF4 with double quantisation.", False),  # a name
     ("A third option is a chat template.", False),  # an ordinal
     ("An eighth of fp32's footprint.", True),  # a fraction
+    ('The post: "adapting all linear layers helps".', False),  # a quotation is not the page's claim
+    ('The post\'s "helps" holds: all linear is better here.', True),  # the page's own verdict is checked
     ("It keeps 5% for evaluation.", True),
     ("The run took five times as long.", True),
     ("The 4-bit footprint is far from a quarter of fp32's.", True),

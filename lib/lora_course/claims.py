@@ -6,15 +6,20 @@
     python -m lora_course.claims [CHAPTER ...]    print every finding (all chapters by default)
 
 A sentence states an outcome when its *typed* text (the markdown with glue
-references, inline code, roles, math and link targets masked) holds a
+references, inline code, roles, math, link targets and quotations masked) holds a
 comparison, a multiple, a share or a direction: "more", "faster", "than",
 "5x", "3 times", "12%", "rises", "helps", "no difference" and the like (see
 OUTCOME). Words inside a glued value are not typed: a verdict glued with
 `book.say` or a number glued with `book.glue_text` is computed by the page.
 A glued number does not vouch for the words typed around it ("moved the loss
 by {glue:text}`x` nats, more than any other knob" is flagged): the typed
-"more than" is the claim. Questions that assert nothing ("Would r = 16 be
-better?") are skipped; a why-question asserts its premise and is checked.
+"more than" is the claim. Text in double quotes is a quotation (the post's
+"adapting all linear layers helps") or a name, not the page's own claim; the
+sentence that judges it is checked. Questions that assert nothing ("Would
+r = 16 be better?") are skipped; a why-question asserts its premise and is
+checked. Bounds ("two GPUs or more"), a product sign ("26 x 2"), an
+interval's level ("90% interval") and the name "double quantisation" are not
+outcomes.
 
 A flagged sentence passes when every outcome word in it lies inside
 - a fragment quoted by `guard(condition, "fragment", evidence)` in a code cell of
@@ -81,6 +86,7 @@ _ROLE = re.compile(r"\{[\w:.-]+\}`[^`]*`")  # any other role: {cite}, {ref}, {do
 _CODE = re.compile(r"``[^`]+``|`[^`]+`")
 _MATH = re.compile(r"\$[^$\n]+\$")
 _LINK_TARGET = re.compile(r"\]\([^)]*\)")
+_QUOTED = re.compile(r'"[^"\n]{1,300}"|\u201c[^\u201d\n]{1,300}\u201d')  # a quotation or a claim's name
 _EXEMPTION = re.compile(
     r"^%\s*outcome-exempt\[(?P<kind>[\w-]+)\]:\s*\"(?P<fragment>[^\"]+)\"\s*(?P<reason>.*)$")
 _ABBREVIATIONS = ("e.g.", "i.e.", "etc.", "vs.", "et al.", "cf.", "Fig.", "approx.")
@@ -118,10 +124,10 @@ def _mask(text: str, pattern: re.Pattern, fill: str = "#") -> str:
 
 
 def typed_text(sentence: str) -> str:
-    """The sentence with what is not typed prose masked, same length: glue references, roles, code, math,
-    link targets."""
+    """The sentence with what is not the page's own typed claim masked, same length: glue references, roles,
+    code, math, link targets, and text in double quotes (a quotation, such as the post's claims, or a name)."""
     masked = sentence
-    for pattern in (_GLUE, _ROLE, _CODE, _MATH, _LINK_TARGET):
+    for pattern in (_GLUE, _ROLE, _CODE, _MATH, _LINK_TARGET, _QUOTED):
         masked = _mask(masked, pattern)
     return masked
 
