@@ -101,6 +101,7 @@ def test_exemptions_are_rare():
     ("Why is it lower than experiment 1's?", True),  # a why-question asserts its premise
     ("Set `--more-steps` or pass `less_is_more=True`.", False),  # code is not prose
     ("The config needs two GPUs or more.", False),  # a bound, not an outcome
+    ("It continues a document rather than answering.", False),  # "rather than" compares nothing
     ("```python\nx = a if a > b else 'better'\n```", False),  # code blocks are skipped
     ("Both runs use [the faster kernel](https://example.org/faster).", True),  # link text is prose
 ])

@@ -62,7 +62,7 @@ _WORDS = [
     # comparatives and superlatives ("or more", "at most" and the like are bounds, not outcomes)
     r"(?<!or )(?<!one )(?<!two )(?<!three )more", r"(?<!or )less", r"fewer", r"better", r"worse", r"faster", r"slower", r"quicker", r"higher",
     r"lower", r"larger", r"smaller", r"bigger", r"greater", r"cheaper", r"costlier", r"longer", r"shorter",
-    r"best", r"worst", r"fastest", r"slowest", r"than",
+    r"best", r"worst", r"fastest", r"slowest", r"(?<!rather )(?<!other )than",  # not "rather than", "other than"
     # directions
     r"ris(?:e|es|ing)", r"rose", r"fall(?:s|ing)?", r"fell", r"grow(?:s|ing)?", r"grew",
     r"shrink(?:s|ing)?", r"shrank", r"improve(?:s|d)?", r"improving", r"help(?:s|ed)?", r"hurt(?:s)?",
