@@ -115,3 +115,28 @@ def test_gpu_check_script_reports_moving_adapters_and_finite_losses(commands):
         assert r["flops_per_token"] == flops
         assert r["utilisation"] == pytest.approx(flops * r["tokens_per_second"] / report["peak_flops"])
         assert r["memory_kind"] == "process_peak_rss"
+
+
+def test_padded_share_counts_positions_past_each_rows_end():
+    from lora_course.bench import padded_share
+
+    # Batches (2, 4) and (4, 4): 2 padded positions out of 16.
+    assert padded_share([2, 4, 4, 4], [0, 1, 2, 3], 2) == 2 / 16
+    assert padded_share([2, 4, 4, 4], [1, 2, 0, 3], 2) == 2 / 16
+    assert padded_share([3, 3, 3], [0, 1, 2], 2) == 0.0
+
+
+def test_padding_waste_of_the_smoke_split_from_its_tokenised_rows():
+    from lora_course.bench import padded_share, padding_waste
+    from lora_course.data import prepare_data, token_lengths
+    from lora_course.model import load_tokenizer
+
+    profile = PROFILES["smoke"]
+    waste = padding_waste(profile)
+    data = prepare_data(profile.data, load_tokenizer(profile), profile.train.max_length)
+    lengths = [min(n + 1, profile.train.max_length) for n in token_lengths(data.train["text"], load_tokenizer(profile))]
+    assert waste.rows == len(lengths) == data.report.train_rows
+    assert (waste.batch_size, waste.max_length) == (profile.train.per_device_train_batch_size, profile.train.max_length)
+    # Grouping rows by length leaves less padding than a random order, and more than none.
+    assert 0 < waste.grouped < waste.random < 1
+    assert waste.grouped >= padded_share(lengths, sorted(range(len(lengths)), key=lengths.__getitem__), waste.batch_size)

@@ -5,7 +5,17 @@ from __future__ import annotations
 import pytest
 
 from lora_course.config import PROFILES
-from lora_course.memory import nf4_bits_per_weight, shapes, sharded, training_memory, weights_footprint
+from lora_course.errors import CourseError
+from lora_course.memory import (
+    fp32_share_ideal,
+    in_units,
+    nf4_bits_per_weight,
+    shapes,
+    sharded,
+    size_text,
+    training_memory,
+    weights_footprint,
+)
 
 
 def test_nf4_bits_per_weight():
@@ -33,10 +43,27 @@ def test_training_memory_components():
 def test_sharding_splits_what_each_strategy_splits():
     m = training_memory("llama-70b-shape")
     assert sharded(m, 8, "ddp").equals(m)
-    fsdp, fsdpq = sharded(m, 8, "fsdp"), sharded(m, 8, "fsdp-qlora")
-    assert fsdp["AdamW state"] == m["AdamW state"] / 8 and fsdp["quantised linear weights"] == m["quantised linear weights"]
+    fsdpq = sharded(m, 8, "fsdp")  # over a 4-bit base: FSDP-QLoRA, the 4-bit weights in a float storage dtype
+    assert fsdpq["AdamW state"] == m["AdamW state"] / 8
     assert fsdpq["quantised linear weights"] == m["quantised linear weights"] / 8
     assert fsdpq["activations"] == m["activations"]  # every GPU keeps its own rows' activations
+    assert fsdpq["logits and their gradient"] == m["logits and their gradient"]
+    with pytest.raises(CourseError, match="fsdp-qlora"):
+        sharded(m, 8, "fsdp-qlora")
+
+
+def test_units_are_binary_and_printed_with_their_label():
+    assert in_units(3 * 2**30) == 3.0 and in_units(5 * 2**20, "MiB") == 5.0
+    assert size_text(1.5 * 2**30) == "1.5 GiB" and size_text(1234 * 2**20, "MiB", 0) == "1,234 MiB"
+    with pytest.raises(CourseError, match="GB"):
+        in_units(2**30, "GB")
+    assert fp32_share_ideal(4) == 1 / 8 and fp32_share_ideal(8) == 1 / 4  # 4 bits: an eighth of fp32
+
+
+def test_a_16bit_base_names_its_linear_weights_so():
+    m = training_memory("open_llama_3b_v2", quantization="none")
+    assert m["linear weights (16-bit)"] == shapes("open_llama_3b_v2").linear_params * 2
+    assert "quantised linear weights" not in m
 
 
 def test_weights_footprint_shrinks_with_the_storage_format():

@@ -192,6 +192,56 @@ def save(result: BenchResult, results: Results) -> Path:
     return out
 
 
+# --------------------------------------------------------------------------- padding, counted
+@dataclass(frozen=True)
+class PaddingWaste:
+    """Share of the positions in padded training batches that hold padding, from the tokenised rows."""
+
+    rows: int
+    batch_size: int
+    max_length: int
+    grouped: float  # rows grouped by length (transformers' length-grouped order, as the post's trainer)
+    random: float  # rows in random order
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def padded_share(lengths: list[int], order: list[int], batch_size: int) -> float:
+    """Padding positions over all positions when rows are batched in `order` and each batch is padded to its
+    longest row (the default collator)."""
+    padded = real = 0
+    for start in range(0, len(order), batch_size):
+        batch = [lengths[i] for i in order[start:start + batch_size]]
+        padded += max(batch) * len(batch) - sum(batch)
+        real += sum(batch)
+    return padded / (padded + real)
+
+
+def padding_waste(profile: Profile, seed: int = 42) -> PaddingWaste:
+    """What padding costs the profile's training split at its batch size and max_length, counted, not trained.
+
+    Each row's length is what the trainer sees: the text's tokens plus the EOS
+    token the trainer appends, cut at max_length. Batches are padded to their
+    longest row, in transformers' length-grouped order (`group_by_length`, the
+    post's trainer) and in a random order, both drawn with `seed`. Every padded
+    position costs a forward and a backward pass like a real one on a GPU.
+    """
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+
+    from .data import prepare_data, token_lengths
+    from .model import load_tokenizer
+
+    train = profile.train
+    data = prepare_data(profile.data, load_tokenizer(profile), train.max_length)
+    lengths = [min(n + 1, train.max_length) for n in token_lengths(data.train["text"], load_tokenizer(profile))]
+    batch = train.per_device_train_batch_size
+    grouped = get_length_grouped_indices(lengths, batch, generator=torch.Generator().manual_seed(seed))
+    shuffled = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(seed)).tolist()
+    return PaddingWaste(len(lengths), batch, train.max_length, padded_share(lengths, grouped, batch),
+                        padded_share(lengths, shuffled, batch))
+
+
 # --------------------------------------------------------------------------- arithmetic
 # Dense 16-bit peak of common training GPUs, FLOP/s (vendor figures, no sparsity).
 GPU_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "T4": 65e12, "V100": 125e12}

@@ -118,8 +118,18 @@ def setup_chapter(profile: str, seed: int = 42, results_dir: str | os.PathLike =
 
     print(wrap(", ".join(f"{k} {v}" for k, v in environment_report().items())))
     print(wrap(f"Numbers on this page: profile {prof.name!r}, model {model}, seed {seed}; "
-               f"precision {for_profile(prof).describe()}; results in {ctx.results.dir}"))
+               f"precision {for_profile(prof).describe()}; results in {shown_path(ctx.results.dir)}"))
     return ctx
+
+
+def shown_path(path: str | os.PathLike) -> str:
+    """A path as a page prints it: relative to the repository when inside it (the same on every machine that
+    builds the book), else as given."""
+    path = Path(path)
+    try:
+        return path.resolve().relative_to(REPO_ROOT.resolve()).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def _inline_figures() -> None:
@@ -293,8 +303,17 @@ def build_html(out_dir: Path = SOURCE_COPY) -> None:
         raise CourseError(f"jupyter-book build failed (exit {proc.returncode}): read the warnings above and fix the pages they name.")
 
 
+def check_prose(chapters: list[Path] | None = None) -> None:
+    """Before anything runs: every outcome sentence of the chapters' prose is glued, guarded or exempt
+    (lora_course.claims); otherwise one sentence names the chapter, the cell and the fix."""
+    from .claims import require_backed
+
+    require_backed(chapters or chapter_notebooks())
+
+
 def build_book(profile: str = "cpu") -> Path:
     """Run every chapter, then render; fails naming the chapters that failed."""
+    check_prose()
     shutil.rmtree(SOURCE_COPY, ignore_errors=True)
     copy_book_sources()
     return _render(profile, run_chapters(profile))
@@ -335,6 +354,7 @@ def rebuild_chapters(profile: str, names: list[str]) -> Path:
     they run again too: name them as well.
     """
     selected = select_chapters(names)
+    check_prose(selected)
     times = SOURCE_COPY / TIMES_FILE
     saved = json.loads(times.read_text()) if times.exists() else None
     missing = [nb.stem for nb in chapter_notebooks()
@@ -350,16 +370,22 @@ def rebuild_chapters(profile: str, names: list[str]) -> Path:
     return _render(profile, run_chapters(profile, selected))
 
 
-def execute_chapters(profile: str, out_dir: Path | None = None, results_dir: str | None = None) -> Path:
-    """Execute every chapter at `profile` into out_dir (default _build/executed-<profile>/), no rendering.
+def execute_chapters(profile: str, out_dir: Path | None = None, results_dir: str | None = None,
+                     names: list[str] | None = None) -> Path:
+    """Execute every chapter (or the named ones) at `profile` into out_dir (default _build/executed-<profile>/),
+    no rendering.
 
     For checking that a profile's path runs (CI runs gpu-mini this way); the rendered
     book in _build/src/ is left alone. Fails naming the chapters that failed.
     """
+    chapters = select_chapters(names) if names else chapter_notebooks()
+    check_prose(chapters)
     out_dir = out_dir or BUILD_DIR / f"executed-{profile}"
-    shutil.rmtree(out_dir / "chapters", ignore_errors=True)
-    _stop_if_failed(run_chapters(profile, out_dir=out_dir, results_dir=results_dir), profile, out_dir)
-    print(f"[book] every chapter ran at profile {profile}: {out_dir / 'chapters'}")
+    if not names:
+        shutil.rmtree(out_dir / "chapters", ignore_errors=True)
+    _stop_if_failed(run_chapters(profile, chapters, out_dir=out_dir, results_dir=results_dir), profile, out_dir)
+    print(f"[book] {'every chapter' if not names else ', '.join(nb.stem for nb in chapters)} ran at profile "
+          f"{profile}: {out_dir / 'chapters'}")
     return out_dir
 
 

@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default=None, help="results root folder for --no-render (default: results)")
     p.add_argument("--chapter", action="append", default=[], metavar="NN",
                    help="run only this chapter (number or file name; repeatable), render with the others' last "
-                        "executed copies")
+                        "executed copies (with --no-render: execute only these chapters)")
 
     sub.add_parser("check-book", help="serve the built book under a sub-path and load every page in headless Chromium")
 
@@ -428,7 +428,7 @@ def cmd_book(args) -> int:
 
         from .book import execute_chapters
 
-        execute_chapters(args.profile, Path(args.out) if args.out else None, args.results)
+        execute_chapters(args.profile, Path(args.out) if args.out else None, args.results, args.chapter or None)
     elif args.skip_run:
         copy_book_sources()
         build_html()

@@ -2,10 +2,11 @@
 
     nf4_bits_per_weight(double_quant)      4 bits plus the block constants
     training_memory(model, r, targets, ...) bytes per component for one GPU, as a table
-    sharded(table, gpus, strategy)          what DDP, FSDP and FSDP+QLoRA leave on each GPU
+    sharded(table, gpus, strategy)          what DDP and FSDP (FSDP-QLoRA over a 4-bit base) leave on each GPU
     weights_footprint(profile, quantization, dtype)   bytes of the weights as loaded, measured
     nf4_round(weight), int8_round_rows(weight)   a whole weight as NF4 and as LLM.int8 store it, restored
     outlier_columns(model, tokenizer, texts)     LLM.int8's outlier feature columns on a small batch
+    in_units(n_bytes, unit), size_text(n_bytes, unit)  bytes as MiB or GiB (2**20, 2**30), and with their label
 
 The arithmetic, in bytes (b = micro-batch rows, s = sequence length, h = hidden
 size, i = MLP width, L = layers, V = vocabulary):
@@ -30,8 +31,28 @@ import pandas as pd
 from .errors import CourseError
 
 NF4_BLOCK = 64  # weights per absmax constant
-LLM_INT8_THRESHOLD = 6.0  # LLM.int8: input columns with a value above this stay in 16-bit (Dettmers et al. 2022)
 DOUBLE_QUANT_BLOCK = 256  # absmax constants per second-level constant
+LLM_INT8_THRESHOLD = 6.0  # LLM.int8: input columns with a value above this stay in 16-bit (Dettmers et al. 2022)
+UNITS = {"MiB": 2**20, "GiB": 2**30}  # binary units: what memory tools and GPU specifications count in
+
+
+def in_units(n_bytes, unit: str = "GiB"):
+    """Bytes (a number, a Series or a DataFrame) in MiB or GiB."""
+    if unit not in UNITS:
+        raise CourseError(f"Unknown unit {unit!r}: use {' or '.join(UNITS)}.")
+    return n_bytes / UNITS[unit]
+
+
+def size_text(n_bytes: float, unit: str = "GiB", digits: int = 1) -> str:
+    """Bytes as the page prints them, the number and its unit together ("10.6 GiB"), so a label cannot
+    disagree with the division."""
+    return f"{in_units(n_bytes, unit):,.{digits}f} {unit}"
+
+
+def fp32_share_ideal(bits_per_weight: float) -> float:
+    """The footprint of weights stored in `bits_per_weight` against fp32's 32 bits, if every weight were
+    stored so (an eighth for 4 bits, a quarter for 8)."""
+    return bits_per_weight / 32
 
 
 def nf4_bits_per_weight(double_quant: bool = True) -> float:
@@ -170,7 +191,7 @@ def training_memory(model_name: str, r: int = 8, target_modules="all-linear", ba
     else:
         activations = s.layers * batch * seq_len * (6 * s.hidden + 3 * s.intermediate) * 2
     return pd.Series({
-        "quantised linear weights": s.linear_params * bits / 8,
+        "quantised linear weights" if quantization != "none" else "linear weights (16-bit)": s.linear_params * bits / 8,
         "other weights (fp32)": s.other_params * 4.0,
         "adapter (fp32)": trainable * 4.0,
         "adapter gradients": trainable * 4.0,
@@ -180,20 +201,27 @@ def training_memory(model_name: str, r: int = 8, target_modules="all-linear", ba
     }, name=model_name)
 
 
+STRATEGIES = ("ddp", "fsdp")
+PER_GPU = ("activations", "logits and their gradient")  # each GPU's own rows, under every strategy
+
+
 def sharded(memory: pd.Series, gpus: int, strategy: str) -> pd.Series:
     """Bytes per GPU under a data-parallel strategy, from `training_memory`'s table.
 
-    ddp          every GPU holds a full copy of everything; each runs its own micro-batch
-    fsdp         weights, adapter, gradients and optimizer state split across the GPUs
-    fsdp-qlora   the same with the 4-bit weights split too (stored in a float dtype FSDP can flatten)
+    ddp   every GPU holds a full copy of everything; each runs its own micro-batch
+    fsdp  every weight, the adapter, its gradients and the optimizer state split across the GPUs;
+          only activations and logits stay whole, per GPU. Over a float base this is plain FSDP.
+          Over a 4-bit base it is FSDP-QLoRA, which launches only with the 4-bit weights packed in
+          a float storage dtype (bnb_4bit_quant_storage) equal to the dtype the float weights are
+          loaded in, since FSDP flattens a block's weights into one tensor of one float dtype;
+          with bitsandbytes' default uint8 storage FSDP cannot wrap the model at all.
+    A block's full weights are gathered while it computes; that transient is left out.
     """
-    if strategy not in ("ddp", "fsdp", "fsdp-qlora"):
-        raise CourseError(f"Unknown strategy {strategy!r}: use ddp, fsdp or fsdp-qlora.")
+    if strategy not in STRATEGIES:
+        raise CourseError(f"Unknown strategy {strategy!r}: use {' or '.join(STRATEGIES)}.")
     per_gpu = memory.copy()
-    if strategy != "ddp":
-        split = ["other weights (fp32)", "adapter (fp32)", "adapter gradients", "AdamW state"]
-        if strategy == "fsdp-qlora":
-            split.append("quantised linear weights")
+    if strategy == "fsdp":
+        split = [k for k in per_gpu.index if k not in PER_GPU]
         per_gpu[split] = per_gpu[split] / gpus
     return per_gpu
 

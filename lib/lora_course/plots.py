@@ -323,3 +323,43 @@ def update_against_grid(absmax: float, weight: float, update: float,
     ax.set(xlabel="weight value", title="A small update against the 4-bit grid")
     ax.legend(fontsize="x-small", loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)
     return _save(fig, path)
+
+
+def sharding_concept(gpus: int = 4, path: str | os.PathLike | None = None) -> Figure:
+    """What each GPU holds under DDP and under FSDP: a concept drawing, not a measurement.
+
+    Each GPU is a column; its rows are the run's parameters, gradients and optimizer
+    state, each cut into `gpus` equal pieces, and its activations. A filled piece is
+    held by that GPU; an outlined one lives on another GPU. DDP fills every piece on
+    every GPU (a full replica); FSDP fills one piece per row (GPU k holds shard k)
+    and gathers a block's parameters from the others only while that block computes.
+    """
+    from matplotlib.patches import Rectangle
+
+    if gpus < 2:
+        raise CourseError(f"A sharding drawing needs 2 GPUs or more, not {gpus}: pass gpus=2 or more.")
+    parts = ("parameters", "gradients", "optimizer state")
+    colours = {"parameters": "#4C72B0", "gradients": "#DD8452", "optimizer state": "#55A868", "activations": "#8172B3"}
+    fig = Figure(figsize=(3.2 + 1.9 * gpus, 5.6))
+    axes = fig.subplots(2, 1)
+    for ax, (strategy, sharded) in zip(axes, (("DDP: every GPU holds a full replica", False),
+                                              ("FSDP: every GPU holds one shard of each", True))):
+        for g in range(gpus):
+            x0 = g * 1.25
+            for row, part in enumerate(parts):
+                y = 3 - row
+                for piece in range(gpus):
+                    held = not sharded or piece == g
+                    ax.add_patch(Rectangle((x0 + piece / gpus, y), 1 / gpus, 0.8, facecolor=colours[part] if held else "white",
+                                           edgecolor=colours[part], linewidth=1))
+            ax.add_patch(Rectangle((x0, 0), 1, 0.8, facecolor=colours["activations"], edgecolor=colours["activations"]))
+            ax.text(x0 + 0.5, -0.35, f"GPU {g}", ha="center", va="center", fontsize=9)
+        for row, part in enumerate((*parts, "activations (its own rows)")):
+            ax.text(-0.1, 3 - row + 0.4, part, ha="right", va="center", fontsize=9)
+        ax.set_title(strategy, fontsize=10, loc="left")
+        ax.set_xlim(-2.4, gpus * 1.25)
+        ax.set_ylim(-0.6, 4)
+        ax.axis("off")
+    fig.text(0.5, 0.01, "filled: held by this GPU; outlined: held by another GPU (FSDP gathers a block's parameters "
+             "while it computes)", ha="center", fontsize=8)
+    return _save(fig, path)
