@@ -54,7 +54,7 @@ def smoke_rows(smoke_tokenizer):
 def test_untuned_losses_are_paired_and_kept(smoke_rows, tmp_path, monkeypatch):
     from lora_course import model as model_module
     from lora_course.evaluate import untuned_losses
-    from lora_course.evidence import penalty, penalty_table
+    from lora_course.evidence import describe_penalty, nats, penalty, penalty_table
     from lora_course.results import Results
 
     profile, test = smoke_rows
@@ -69,8 +69,12 @@ def test_untuned_losses_are_paired_and_kept(smoke_rows, tmp_path, monkeypatch):
     per_row = [q - f for f, q in zip(evals["none"].rows("response_loss"), evals["nf4"].rows("response_loss"))]
     assert d.mean == pytest.approx(sum(per_row) / len(per_row)) and d.n == len(test)
     table = penalty_table(evals)
+    assert list(table.index) == ["int8", "nf4"]
     assert table.loc["nf4", "penalty (nats)"] == pytest.approx(d.mean, abs=1e-4)
+    assert table.loc["nf4", "reference's"] == pytest.approx(losses["none"], abs=1e-4)
     assert table.loc["nf4", "rows worse"] == sum(x > 0 for x in per_row)
+    assert describe_penalty(d).startswith(nats(d.mean)) and f"of {len(test)} rows" in describe_penalty(d)
+    assert (nats(0.2634), nats(-0.00012)) == ("+0.263", "-1.2e-04")
 
     # Kept: a second call loads no model at all.
     def no_loading(*args, **kwargs):

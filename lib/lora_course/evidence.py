@@ -239,21 +239,28 @@ def penalty(reference: Evaluation, quantised: Evaluation) -> Difference:
 
 
 def penalty_table(evaluations: dict[str, Evaluation], reference: str = "none") -> pd.DataFrame:
-    """One row per quantisation: held-out response loss, and what it costs against `reference`
-    (mean per-row increase in nats, 90% paired interval, rows worse and better)."""
+    """One row per quantisation other than `reference`: its held-out response loss, the reference's,
+    and what it costs against the reference (mean per-row increase in nats, 90% paired interval,
+    rows worse and better)."""
     ref = evaluations[reference]
     rows = {}
     for name, e in evaluations.items():
-        row = {"response loss": round(e.metric("response_loss"), 4)}
-        if name != reference:
-            d = penalty(ref, e)
-            row.update({"penalty (nats)": round(d.mean, 4), "90% low": round(d.low, 4), "90% high": round(d.high, 4),
-                        "rows worse": d.b_better_rows, "rows better": d.a_better_rows})
-        rows[name] = row
-    return pd.DataFrame(rows).T
+        if name == reference:
+            continue
+        d = penalty(ref, e)
+        rows[name] = {"response loss": round(e.metric("response_loss"), 4),
+                      "reference's": round(ref.metric("response_loss"), 4), "penalty (nats)": round(d.mean, 4),
+                      "90% low": round(d.low, 4), "90% high": round(d.high, 4), "rows worse": d.b_better_rows,
+                      "rows better": d.a_better_rows}
+    return pd.DataFrame(rows).T.astype({"rows worse": int, "rows better": int})
+
+
+def nats(x: float) -> str:
+    """A signed loss difference in nats: three decimals, or two significant digits when smaller than 0.01."""
+    return f"{x:+.3f}" if abs(x) >= 0.01 or x == 0 else f"{x:+.1e}"
 
 
 def describe_penalty(d: Difference) -> str:
-    """ "+0.26 nats per token (90% interval +0.20 to +0.31, worse on 16 of 17 rows)" for a `penalty`."""
-    return (f"{d.mean:+.3f} nats per token (90% interval {d.low:+.3f} to {d.high:+.3f}, worse on "
+    """ "+0.263 nats per token (90% interval +0.201 to +0.310, worse on 16 of 17 rows)" for a `penalty`."""
+    return (f"{nats(d.mean)} nats per token (90% interval {nats(d.low)} to {nats(d.high)}, worse on "
             f"{d.b_better_rows} of {d.n} rows)")

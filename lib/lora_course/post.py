@@ -99,10 +99,11 @@ def qlora_at_scale(facts=None) -> str:
              "GLUE, T5 on Super-NaturalInstructions) 4-bit training matched 16-bit full fine-tuning as well.")
     if facts is None:
         return paper
+    if facts.weights == "random":
+        return (f"{paper} This profile's model has {facts.size_label} parameters of random weights: a cost "
+                "measured here checks the mechanics, nothing more.")
     share = facts.parameters / (min(QLORA_PAPER_SIZES_B) * 1e9)
     size = f"This course's model has {facts.size_label} parameters, {share:.1%} of the smallest of those"
-    if facts.weights == "random":
-        return f"{paper} {size}, and random weights: a cost measured here checks the mechanics, nothing more."
     if facts.weights == "quantised":
         return (f"{paper} {size}, and its float weights were stored in {facts.stored_bits}-bit before the course "
                 "read them: a cost measured here is what NF4 does to this model, not what QLoRA costs at scale.")
