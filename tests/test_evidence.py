@@ -117,11 +117,22 @@ def _lat(median, low, high):
     ((3.0, 2.9, 3.1), (2.0, 1.9, 2.1), CONFIRMED),
     ((3.0, 2.9, 3.1), (2.9, 2.8, 3.0), NOT_CONFIRMED),
     ((2.05, 1.95, 2.2), (2.0, 1.9, 2.1), NOT_SHOWN),
+    # The merged median is within the margin, but its slowest run is not: no difference is not shown.
+    ((3.0, 2.9, 3.1), (2.1, 2.0, 2.3), NOT_SHOWN),
 ])
 def test_latency_verdict(unmerged, merged, expected):
     table = LatencyTable(_lat(2.0, 1.9, 2.1), _lat(*unmerged), _lat(*merged))
     assert latency_verdict(table) == expected
     assert judge(next(c for c in CLAIMS if c.key == "merge"), {}, latency=table).verdict == expected
+
+
+def test_latency_judgement_reads_the_overheads_and_says_why():
+    from lora_course.evidence import LATENCY_MARGIN, latency_judgement
+
+    j = latency_judgement(LatencyTable(_lat(2.0, 1.9, 2.1), _lat(2.05, 1.95, 2.2), _lat(2.0, 1.9, 2.1)))
+    assert j.verdict == NOT_SHOWN and not j.unmerged_slower
+    assert j.unmerged_overhead == pytest.approx(0.025) and j.merged_worst_overhead == pytest.approx(0.05)
+    assert "no cost to remove" in j.describe() and f"margin {LATENCY_MARGIN:.0%}" in j.describe()
 
 
 def test_interval_text_uses_the_token_weighted_loss():

