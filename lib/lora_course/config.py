@@ -804,7 +804,7 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class SweepPoint:
-    """One point of a sweep: an experiment variant, training overrides and a seed, under a group name."""
+    """One point of a sweep: an experiment variant, training overrides, a seed and a step budget, under a group name."""
 
     group: str
     experiment: Experiment
