@@ -20,9 +20,12 @@ def test_workload_counts_what_the_settings_say():
     cpu = get_profile("cpu")
     assert heldout_rows(cpu) == 60
     now = workload(cpu)
-    assert now["sweep_points"] == len(SWEEP) == 14
-    # 4 experiments + the unquantised run + 2 noise seeds, 32 steps each; 14 sweep points of 6 steps.
-    assert now["training_steps"] == 7 * 32 + 14 * 6
+    assert now["sweep_points"] == len(SWEEP) == 12
+    # 4 experiments + the unquantised run + 2 noise seeds, 32 steps each; 10 sweep points of 6 steps
+    # and the deciding pair at 12.
+    assert now["training_steps"] == 7 * 32 + 10 * 6 + 2 * 12
+    # 7 full evaluations (held-out rows and the post's prompts); the unquantised run and 12 points by loss.
+    assert now["evaluated_rows"] == 7 * (60 + 3) + 13 * 60
     assert now["generated_tokens"] == 7 * (60 + 3) * 128
 
 

@@ -7,7 +7,10 @@ import pytest
 
 from lora_course import CourseError
 from lora_course.evidence import (
+    A_BETTER,
+    B_BETTER,
     CONFIRMED,
+    EQUIVALENT,
     NOT_CONFIRMED,
     NOT_SHOWN,
     Difference,
@@ -18,6 +21,7 @@ from lora_course.evidence import (
     noise_floor,
     paired_bootstrap,
     paired_difference,
+    two_sided,
     verdict,
 )
 from lora_course.post import CLAIMS
@@ -138,3 +142,14 @@ def test_latency_judgement_reads_the_overheads_and_says_why():
 def test_interval_text_uses_the_token_weighted_loss():
     ev = Evaluation("x", "loss", {"loss": 2.5, "perplexity": 1.0, "row_losses": [2.0, 3.0, 2.0, 3.0]})
     assert interval_text(ev, "response_loss").startswith("2.50 [")
+
+
+def test_two_sided_names_the_winner_only_past_zero_and_the_noise_floor():
+    assert two_sided(_diff(0.20, 0.10, 0.30, noise=0.05)) == B_BETTER
+    assert two_sided(_diff(-0.20, -0.30, -0.10, noise=0.05)) == A_BETTER
+    # clear of zero but inside the noise floor: not a winner; inside plus or minus the margin: equivalent
+    assert two_sided(_diff(0.03, 0.01, 0.04, noise=0.05)) == EQUIVALENT
+    assert two_sided(_diff(-0.03, -0.045, -0.01, noise=0.05)) == EQUIVALENT
+    # an interval reaching past the margin on either side decides nothing
+    assert two_sided(_diff(0.0, -0.08, 0.08)) == NOT_SHOWN
+    assert two_sided(_diff(0.04, -0.01, 0.09, noise=0.01)) == NOT_SHOWN

@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None,
                    help="the profile's model replaced by a local folder, a hub id (owner/name) or a registered name")
 
-    p = sub.add_parser("sweep", help="run the sweep of chapter 7 (rank, alpha, targets, learning rate), each point cached")
+    p = sub.add_parser("sweep", help="run the sweep of chapter 7 (rank, lora_alpha rule, targets), each point cached")
     p.add_argument("--profile", default="cpu", help=f"one of: {', '.join(PROFILES)} (default: cpu)")
     p.add_argument("--results", default="results", help="results root folder (default: results)")
     p.add_argument("--model", default=None,

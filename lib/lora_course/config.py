@@ -810,13 +810,20 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class SweepPoint:
-    """One point of a sweep: an experiment variant, training overrides and a seed, under a group name."""
+    """One point of a sweep: an experiment variant, training overrides, a seed and a step budget, under a group name."""
 
     group: str
     experiment: Experiment
     train: dict[str, Any] = field(default_factory=dict)
     seed: int = DEFAULT_SEED
+    budget: int = 1  # optimizer steps, in multiples of the profile's sweep_steps
+
+    def __post_init__(self) -> None:
+        if isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget < 1:
+            raise CourseError(f"A sweep point's budget is a whole number of sweep_steps from 1 up, got "
+                              f"{self.budget!r}: write e.g. budget=2 for twice the profile's sweep_steps.")
 
     @property
     def name(self) -> str:
-        return self.experiment.name + ("" if self.seed == DEFAULT_SEED else f"-seed{self.seed}")
+        return (self.experiment.name + ("" if self.seed == DEFAULT_SEED else f"-seed{self.seed}")
+                + ("" if self.budget == 1 else f"-steps-x{self.budget}"))

@@ -117,6 +117,26 @@ def verdict(diff: Difference, kind: str) -> str:
     raise CourseError(f"Unknown claim kind {kind!r}: use 'better' or 'no_better'.")
 
 
+B_BETTER, A_BETTER, EQUIVALENT = "b better", "a better", "equivalent"
+
+
+def two_sided(diff: Difference) -> str:
+    """Which of two set-ups did better, with neither named in advance.
+
+    "b better" / "a better" when the interval excludes zero on that side and the mean
+    exceeds the noise floor; "equivalent" when the whole interval lies inside plus or
+    minus the margin; otherwise "not shown at this scale".
+    """
+    noise = diff.noise or 0.0
+    if diff.low > 0 and diff.mean > noise:
+        return B_BETTER
+    if diff.high < 0 and -diff.mean > noise:
+        return A_BETTER
+    if -diff.margin < diff.low and diff.high < diff.margin:
+        return EQUIVALENT
+    return NOT_SHOWN
+
+
 def noise_floor(seed_evaluations: Sequence[Evaluation], metric: str) -> float:
     """Seed-to-seed spread of a metric: the range of its means over runs that differ only in the seed."""
     if len(seed_evaluations) < 2:
