@@ -24,8 +24,9 @@ def test_workload_counts_what_the_settings_say():
     # 4 experiments + the unquantised run + 2 noise seeds, 32 steps each; 10 sweep points of 6 steps
     # and the deciding pair at 12.
     assert now["training_steps"] == 7 * 32 + 10 * 6 + 2 * 12
-    # 7 full evaluations (held-out rows and the post's prompts); the unquantised run and 12 points by loss.
-    assert now["evaluated_rows"] == 7 * (60 + 3) + 13 * 60
+    # 7 full evaluations (held-out rows and the post's prompts); by loss: the unquantised run and 12 points,
+    # the untuned base in float and int8 (chapter 2), three merged models (chapter 5).
+    assert now["evaluated_rows"] == 7 * (60 + 3) + (13 + 2 + 3) * 60
     assert now["generated_tokens"] == 7 * (60 + 3) * 128
 
 
