@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from lora_course import chapters as chapters_module
 from lora_course import timing
 from lora_course.book import TIMES_FILE, chapter_times_table, run_chapters
 
@@ -82,7 +83,7 @@ def test_rebuilding_one_chapter_reruns_it_alone_and_keeps_the_others(tmp_path, m
     for stem in ("01-first", "02-second"):
         _notebook(chapters / f"{stem}.ipynb", [f"print('{stem} ran')"])
     src = tmp_path / "_build" / "src"
-    monkeypatch.setattr(book, "CHAPTERS_DIR", chapters)
+    monkeypatch.setattr(chapters_module, "CHAPTERS_DIR", chapters)
     monkeypatch.setattr(book, "SOURCE_COPY", src)
     monkeypatch.setattr(book, "copy_book_sources", lambda out_dir=src: None)
     rendered = []

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from lora_course import book
+from lora_course import chapters as chapters_module
 from lora_course.book import chapter_notebooks
 from lora_course.claims import MAX_EXEMPTIONS, check_cells, check_chapters, require_backed, split_sentences
 from lora_course.errors import CourseError
@@ -120,7 +121,7 @@ def test_the_build_stops_before_running_a_chapter_with_a_bare_outcome(tmp_path, 
     chapter = tmp_path / "01-bad.ipynb"
     cells = [_md("# Bad\n\nPacking helps here."), _code("x = 1")]
     chapter.write_text(json.dumps({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
-    monkeypatch.setattr(book, "CHAPTERS_DIR", tmp_path)
+    monkeypatch.setattr(chapters_module, "CHAPTERS_DIR", tmp_path)
     monkeypatch.setattr(book, "run_chapters", lambda *a, **k: pytest.fail("a chapter ran"))
     with pytest.raises(CourseError) as err:
         book.execute_chapters("smoke", tmp_path / "out", names=["01"])

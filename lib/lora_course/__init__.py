@@ -4,7 +4,8 @@ Modules, bottom-up (each imports only those above it):
     errors, config (settings as data), precision, post (the post's figures and claims),
     data, model, lora, results (run types and folders), generate, evaluate, tracking,
     train, merge, pipeline (config -> data -> model -> LoRA -> train -> results),
-    evidence, bench, sweep, plots, install, claims (outcome sentences backed), book, cli.
+    evidence, bench, sweep, plots, install, chapters (the notebooks, by number),
+    claims (outcome sentences backed), book, cli.
 
 Importing the package changes nothing outside it: warning filters and
 environment settings are applied by the chapter set-up and the command line

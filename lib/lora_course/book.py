@@ -21,20 +21,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .chapters import CHAPTERS_DIR, chapter_notebooks, select_chapters  # noqa: F401 (chapters import them from here)
 from .data import REPO_ROOT
 from .errors import CourseError
 
-CHAPTERS_DIR = REPO_ROOT / "chapters"
 BUILD_DIR = REPO_ROOT / "_build"
 SOURCE_COPY = BUILD_DIR / "src"
 HTML_DIR = SOURCE_COPY / "_build" / "html"
 BOOK_FILES = ("_config.yml", "_toc.yml", "book")
 REPOSITORY_PLACEHOLDER = "REPOSITORY_FROM_PYPROJECT"  # _config.yml's repository url, filled in by copy_book_sources
-
-
-def chapter_notebooks() -> list[Path]:
-    """The chapter notebooks in reading order (their names start with the chapter number)."""
-    return sorted(CHAPTERS_DIR.glob("[0-9][0-9]-*.ipynb"))
 
 
 # --------------------------------------------------------------------------- in a chapter
@@ -334,16 +329,6 @@ def _stop_if_failed(failed: list[str], profile: str, out_dir: Path) -> None:
             f"Chapter(s) {', '.join(failed)} failed at profile {profile}: the executed notebooks in "
             f"{out_dir / 'chapters'} show the failing cell; the other chapters' results are kept."
         )
-
-
-def select_chapters(names: list[str]) -> list[Path]:
-    """The chapter notebooks named by number ("05") or stem ("05-merge-deploy"), in reading order."""
-    chapters = chapter_notebooks()
-    unknown = [n for n in names if not any(nb.stem == n or nb.stem.split("-")[0] == n for nb in chapters)]
-    if unknown:
-        raise CourseError(f"No chapter {', '.join(unknown)}: name chapters by number or file name, one of "
-                          f"{', '.join(nb.stem for nb in chapters)}.")
-    return [nb for nb in chapters if nb.stem in names or nb.stem.split("-")[0] in names]
 
 
 def rebuild_chapters(profile: str, names: list[str]) -> Path:

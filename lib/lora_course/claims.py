@@ -280,7 +280,7 @@ def require_backed(paths) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .book import chapter_notebooks, select_chapters
+    from .chapters import chapter_notebooks, select_chapters
 
     names = sys.argv[1:] if argv is None else argv
     paths = select_chapters(names) if names else chapter_notebooks()

@@ -25,7 +25,7 @@ from .config import (
     check_run_name,
     parse_setting,
 )
-from .errors import CourseError
+from .errors import INTERRUPTED, REFUSED, CourseError
 from .targets import TARGET_SETS
 
 ALL_EXPERIMENTS = {**EXPERIMENTS, **EXTRA_EXPERIMENTS}
@@ -39,7 +39,6 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(REFUSED)
 
 
-REFUSED, INTERRUPTED = 2, 130  # exit statuses of a refusal (one sentence said) and of Ctrl-C (the shell's, for SIGINT)
 
 
 def say_once(line: str) -> None:

@@ -28,6 +28,7 @@ from .errors import CourseError
 
 Quantization = Literal["none", "int8", "nf4"]
 QUANTIZATIONS: tuple[str, ...] = ("none", "int8", "nf4")
+LLM_INT8_THRESHOLD = 6.0  # LLM.int8: input columns with a value above this stay in 16-bit (Dettmers et al. 2022)
 DTYPES: tuple[str, ...] = ("fp32", "bf16", "fp16")
 
 # The post's two target sets. "all-linear" is resolved on the loaded model by

@@ -46,7 +46,7 @@ def launch(processes: int, train_args: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-    from .cli import INTERRUPTED, REFUSED
+    from .errors import INTERRUPTED, REFUSED
 
     args = launch_command_parser().parse_args(
         ["--multi_gpu", "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",

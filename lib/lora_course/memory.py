@@ -28,11 +28,11 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from .config import LLM_INT8_THRESHOLD  # noqa: F401 (chapter 3 reads it from here, beside outlier_columns)
 from .errors import CourseError
 
 NF4_BLOCK = 64  # weights per absmax constant
 DOUBLE_QUANT_BLOCK = 256  # absmax constants per second-level constant
-LLM_INT8_THRESHOLD = 6.0  # LLM.int8: input columns with a value above this stay in 16-bit (Dettmers et al. 2022)
 UNITS = {"MiB": 2**20, "GiB": 2**30}  # binary units: what memory tools and GPU specifications count in
 
 

