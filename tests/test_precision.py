@@ -120,7 +120,8 @@ def test_no_bf16_in_reload_merge_and_benchmark_settings(smoke_adapter, smoke_tok
 
 
 def test_no_bf16_at_the_cpu_profile_with_its_real_model(tmp_path):
-    p = prepare(RunConfig.create("qlora-r8-qv", "cpu", results_dir=tmp_path, max_steps=1,
+    # One step of 4 rows cut at 64 tokens: the dtypes of every op are those of a full step, at a fraction of it.
+    p = prepare(RunConfig.create("qlora-r8-qv", "cpu", results_dir=tmp_path, max_steps=1, max_length=64,
                                  data={"train_rows": 4}))
     with Bf16Recorder() as rec:
         p.trainer.train()
