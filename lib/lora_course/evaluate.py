@@ -37,6 +37,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .config import QUANTIZATIONS
 from .data import BLOG_PROMPTS, END_MARKER, RESPONSE_SUFFIX, product_prompt
 from .errors import CourseError
 from .results import EVAL_FILE, EvalResult, Evaluation, read_json, write_json
@@ -615,7 +616,7 @@ def _evaluate_model(model, tokenizer, profile, test, name, kind, out_dir, batch_
 
 
 # --------------------------------------------------------------------------- the untuned model in each quantisation
-def untuned_losses(profile, test, results, quantizations: Sequence[str] = ("none", "int8", "nf4"),
+def untuned_losses(profile, test, results, quantizations: Sequence[str] = QUANTIZATIONS,
                    known: dict[str, Evaluation] | None = None) -> dict[str, Evaluation]:
     """The untuned base's response loss on the held-out rows `test`, loaded in each quantisation.
 
