@@ -17,7 +17,7 @@ from lora_course.evidence import (
     difference_table,
     interval_text,
     judge,
-    latency_verdict,
+    latency_judgement,
     noise_floor,
     paired_bootstrap,
     paired_difference,
@@ -126,7 +126,7 @@ def _lat(median, low, high):
 ])
 def test_latency_verdict(unmerged, merged, expected):
     table = LatencyTable(_lat(2.0, 1.9, 2.1), _lat(*unmerged), _lat(*merged))
-    assert latency_verdict(table) == expected
+    assert latency_judgement(table).verdict == expected
     assert judge(next(c for c in CLAIMS if c.key == "merge"), {}, latency=table).verdict == expected
 
 

@@ -202,11 +202,6 @@ def latency_judgement(table: LatencyTable, margin: float = LATENCY_MARGIN) -> La
                             worst, unmerged_slower, margin)
 
 
-def latency_verdict(table: LatencyTable) -> str:
-    """The verdict of `latency_judgement`."""
-    return latency_judgement(table).verdict
-
-
 def judge(claim, evaluations: dict[str, Evaluation], noise: dict[str, float] | None = None,
           latency: LatencyTable | None = None, metrics: Sequence[str] = (PRIMARY_METRIC,)) -> Judgement:
     """One verdict per claim: on the primary metric, with every metric's difference as evidence."""
