@@ -102,23 +102,25 @@ class PointResult:
 
 
 def run_sweep(points: Sequence[SweepPoint], profile: Profile, results_dir="results") -> list[PointResult]:
-    """Every point through the pipeline, in order; each is cached, and a failure is reported with its reason."""
-    from .pipeline import run
+    """Every point through the pipeline (`pipeline.run_all`: `profile.parallel_runs` at a time), in order;
+    each is cached, and a failure is reported with its reason."""
+    from .pipeline import run_all
     from .results import load_run
 
-    out = []
-    for point in points:
-        config = point_config(point, profile, results_dir)
-        steps = config.profile.train.max_steps
+    configs = [point_config(point, profile, results_dir) for point in points]
+    cached = []
+    for config in configs:
         previous = load_run(config.out_dir)
-        cached = previous is not None and previous.config.same_run_as(config) and previous.evaluation is not None
-        try:
-            r = run(config, evaluate="loss")
-        except (CourseError, RuntimeError, ValueError) as exc:  # one broken point must not hide the others
-            out.append(PointResult(point, f"failed: {' '.join(str(exc).split())[:200]}",
+        cached.append(previous is not None and previous.config.same_run_as(config) and previous.evaluation is not None)
+    runs = run_all([(config, "loss") for config in configs], keep_going=True)
+    out = []
+    for point, config, was_cached, r in zip(points, configs, cached, runs):
+        steps = config.profile.train.max_steps
+        if isinstance(r, BaseException):  # one broken point must not hide the others
+            out.append(PointResult(point, f"failed: {' '.join(str(r).split())[:200]}",
                                    learning_rate=config.profile.train.learning_rate, steps=steps))
             continue
-        out.append(PointResult(point, "cached" if cached else "trained", r.params["trainable"],
+        out.append(PointResult(point, "cached" if was_cached else "trained", r.params["trainable"],
                                r.evaluation.loss["loss"], r.evaluation.loss["row_losses"], r.result.losses,
                                r.result.wall_time_s, r.result.median_step_seconds,
                                config.profile.train.learning_rate, steps))

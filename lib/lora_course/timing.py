@@ -1,6 +1,7 @@
 """Where a chapter's time goes: the library times its own training and evaluation calls.
 
     timed("training")        a block whose wall time is added to the current chapter's record
+    record(kind, seconds)    the same for time spent in other processes
     totals(path)             seconds per kind in one chapter's record
 
 The book builder names a file in TIMES_ENV for each chapter's kernel; every
@@ -26,7 +27,6 @@ _DEPTH = {"n": 0}  # an evaluation inside a timed training (or the reverse) coun
 def timed(kind: str):
     if kind not in KINDS:
         raise ValueError(f"unknown timing kind {kind!r}: use one of {', '.join(KINDS)}")
-    path = os.environ.get(TIMES_ENV)
     outer = _DEPTH["n"] == 0
     _DEPTH["n"] += 1
     start = time.perf_counter()
@@ -34,10 +34,8 @@ def timed(kind: str):
         yield
     finally:
         _DEPTH["n"] -= 1
-        if path and outer:
-            line = json.dumps({"kind": kind, "seconds": round(time.perf_counter() - start, 3)})
-            with open(path, "a") as f:
-                f.write(line + "\n")
+        if outer:
+            record(kind, time.perf_counter() - start)
 
 
 def totals(path: Path) -> dict[str, float]:
@@ -49,3 +47,14 @@ def totals(path: Path) -> dict[str, float]:
                 record = json.loads(line)
                 out[record["kind"]] += float(record["seconds"])
     return {k: round(v, 1) for k, v in out.items()}
+
+
+def record(kind: str, seconds: float) -> None:
+    """Add `seconds` of `kind` to the current chapter's record, as a timed block would (work done elsewhere:
+    `pipeline.run_all`'s worker processes)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown timing kind {kind!r}: use one of {', '.join(KINDS)}")
+    path = os.environ.get(TIMES_ENV)
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps({"kind": kind, "seconds": round(seconds, 3)}) + "\n")
