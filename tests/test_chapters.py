@@ -141,3 +141,18 @@ def test_the_recipe_check_fails_when_the_twins_part(old, new, tmp_path):
     assert old in source
     with pytest.raises(ClaimError, match="the hand-built recipe and the library build the same run"):
         _run_recipe(source.replace(old, new), tmp_path)
+
+
+def test_a_chapter_runs_after_the_chapters_whose_results_it_reads():
+    from lora_course.chapters import prerequisites
+
+    needs = prerequisites(CHAPTERS)
+    assert needs["04"] == {"02"}  # the baseline run chapter 2 makes
+    assert needs["05"] == needs["07"] == {"02", "04"} and needs["06"] == needs["08"] == {"04", "05"}
+    assert needs["01"] == needs["02"] == needs["03"] == needs["09"] == needs["10"] == set()
+    # Every chapter that reads results at all names what it reads.
+    reads = re.compile(r"\.require\(|\.results\.(?:run|evaluation|latency|table)\(")
+    for path in CHAPTERS:
+        code = "\n".join(_text(c) for c in _cells(json.loads(path.read_text()), "code"))
+        if reads.search(code):
+            assert needs[path.stem[:2]], path.stem

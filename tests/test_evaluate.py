@@ -14,6 +14,7 @@ import torch
 from lora_course import CourseError
 from lora_course import evaluate as ev
 from lora_course.data import DataCard, format_rows, load_table
+from lora_course.evidence import bootstrap_ci
 from lora_course.generate import Generation, cut_response
 
 # --------------------------------------------------------------------------- text metrics
@@ -130,7 +131,7 @@ def rows():
     return format_rows(load_table("sample").head(5))
 
 
-def test_response_loss_scores_response_tokens_only(smoke, rows):
+def test_response_loss_scores_response_tokens_only(smoke, rows, monkeypatch):
     model, tok = smoke
     prompts, responses = rows["prompt"].tolist(), rows["response"].tolist()
     model.train()
@@ -161,6 +162,12 @@ def test_response_loss_scores_response_tokens_only(smoke, rows):
     # Padding in a batch changes nothing: batch size 1 gives the same rows.
     single = ev.response_loss(model, tok, prompts, responses, batch_size=1, max_length=512)
     assert single["row_losses"] == pytest.approx(out["row_losses"], abs=1e-5)
+    # Logits only from the shortest prompt's last position on: what logits everywhere give.
+    assert ev._logits_to_keep(model, 7) == {"logits_to_keep": 7}
+    monkeypatch.setattr(ev, "_logits_to_keep", lambda model, n: {})
+    everywhere = ev.response_loss(model, tok, prompts, responses, batch_size=2, max_length=512)
+    assert everywhere["row_losses"] == pytest.approx(out["row_losses"], abs=1e-6)
+    assert everywhere["row_tokens"] == out["row_tokens"]
 
 
 def test_response_loss_other_prompt_changes_context_not_the_scored_tokens(smoke, rows):
@@ -221,28 +228,28 @@ def test_response_loss_needs_room_for_the_response(smoke, rows):
 def test_bootstrap_interval_contains_mean_and_narrows_with_rows():
     rng = np.random.default_rng(1)
     few, many = rng.normal(1.0, 1.0, 20), rng.normal(1.0, 1.0, 2000)
-    m20, lo20, hi20 = ev.bootstrap_ci(few)
-    m2k, lo2k, hi2k = ev.bootstrap_ci(many)
+    m20, lo20, hi20 = bootstrap_ci(few)
+    m2k, lo2k, hi2k = bootstrap_ci(many)
     assert lo20 <= m20 <= hi20 and lo2k <= m2k <= hi2k
     assert m20 == pytest.approx(few.mean())
     # Width falls like 1/sqrt(n): 10x here; demand at least 4x.
     assert (hi2k - lo2k) < (hi20 - lo20) / 4
     # About 2 x 1.96 / sqrt(2000) = 0.088 wide for unit variance.
     assert 0.07 < hi2k - lo2k < 0.11
-    narrow = ev.bootstrap_ci(few, level=0.5)
+    narrow = bootstrap_ci(few, level=0.5)
     assert narrow[2] - narrow[1] < hi20 - lo20
 
 
 def test_bootstrap_is_deterministic_and_checks_input():
-    values = [0.1, 0.5, 0.2, 0.9, 0.4]
-    assert ev.bootstrap_ci(values, seed=3) == ev.bootstrap_ci(values, seed=3)
-    assert ev.bootstrap_ci(values, seed=3) != ev.bootstrap_ci(values, seed=4)
-    assert ev.bootstrap_ci([0.7]) == (0.7, 0.7, 0.7)
-    assert ev.bootstrap_ci([2.0] * 10) == (2.0, 2.0, 2.0)
+    values = list(np.random.default_rng(0).normal(size=20))
+    assert bootstrap_ci(values, seed=3) == bootstrap_ci(values, seed=3)
+    assert bootstrap_ci(values, seed=3) != bootstrap_ci(values, seed=4)
+    assert bootstrap_ci([0.7]) == (0.7, 0.7, 0.7)
+    assert bootstrap_ci([2.0] * 10) == (2.0, 2.0, 2.0)
     with pytest.raises(CourseError, match="NaN"):
-        ev.bootstrap_ci([0.1, float("nan")])
+        bootstrap_ci([0.1, float("nan")])
     with pytest.raises(CourseError, match="no values"):
-        ev.bootstrap_ci([])
+        bootstrap_ci([])
 
 
 # --------------------------------------------------------------------------- evaluate_generations

@@ -52,7 +52,7 @@ def test_paired_bootstrap_matches_the_mean_and_narrows_with_pairing():
 
 def test_pairing_finds_a_difference_that_overlapping_intervals_hide():
     """Every row 0.1 nats better: the runs' own intervals overlap, the paired one is clear of zero."""
-    from lora_course.evaluate import bootstrap_ci
+    from lora_course.evidence import bootstrap_ci
 
     a, b = _eval("a", BASE), _eval("b", BASE - 0.1 + RNG.normal(0, 0.01, 60))
     _, a_low, a_high = bootstrap_ci(a.rows("response_loss"))

@@ -69,3 +69,13 @@ def test_importing_the_package_changes_no_warning_filter_or_environment():
 def test_the_package_runs_as_a_module():
     proc = subprocess.run([sys.executable, "-m", "lora_course", "list"], capture_output=True, text=True)
     assert proc.returncode == 0 and "experiment  qlora-r8-qv" in proc.stdout
+
+
+def test_the_package_docstring_names_every_module():
+    import re
+
+    import lora_course
+
+    named = set(re.findall(r"[a-z_]+", lora_course.__doc__))
+    modules = {p.stem for p in Path(lora_course.__file__).parent.glob("*.py")} - {"__init__", "__main__"}
+    assert sorted(modules - named) == []

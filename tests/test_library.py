@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from helpers import GradientProbe, lora_matrices, train_model
 from lora_course import EXPERIMENTS, PROFILES, CourseError, RunConfig
 from lora_course.config import ALL_LINEAR, ATTENTION_QV, TrainSettings, get_experiment
 from lora_course.data import format_example, prepare_data
@@ -16,14 +17,13 @@ from lora_course.lora import (
     attach_lora,
     count_lora_parameters,
     find_linear_names,
-    lora_matrices,
     parameter_report,
 )
 from lora_course.merge import load_adapter_model, max_logit_difference, merge_and_check
 from lora_course.model import count_parameters, load_model, meta_model
 from lora_course.pipeline import run
 from lora_course.precision import CPU_FP32
-from lora_course.train import GradientProbe, train_model
+from lora_course.results import LatencyRow
 
 # --------------------------------------------------------------------------- parameter counts
 
@@ -346,13 +346,14 @@ def test_mixed_batch_matches_single_adapter_answers(tmp_path_factory, smoke_run,
     assert len({single[n][0] for n in routes}) > 1
 
 
-def test_measure_latency_returns_the_median_of_repeats(monkeypatch, smoke_tokenizer):
+def test_timed_generations_give_the_median_of_repeats(monkeypatch, smoke_tokenizer):
     import lora_course.generate as gen
 
     clock = iter([0.0, 1.0, 10.0, 13.0, 20.0, 22.0, 30.0, 37.0])  # warm-up 1 s, then runs of 3, 2 and 7 s
     monkeypatch.setattr(gen, "perf_counter", lambda: next(clock))
     monkeypatch.setattr(gen, "generate_detailed", lambda *a, **k: [])
-    lat = gen.measure_latency(None, smoke_tokenizer, ["a", "b"], new_tokens=10, repeats=3, warmup=1)
+    times = gen.time_generation(None, smoke_tokenizer, ["a", "b"], new_tokens=10, repeats=3, warmup=1)
+    lat = LatencyRow.from_times(times, 10, 2)
     assert (lat.median_s, lat.min_s, lat.max_s, lat.repeats) == (3.0, 2.0, 7.0, 3)
     assert lat.tokens_per_second == pytest.approx(10 * 2 / 3.0)
 

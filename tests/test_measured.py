@@ -36,11 +36,27 @@ def test_a_folder_counts_by_its_files_content(tmp_path):
     assert ms.fingerprint([1, 2]) != ms.fingerprint([2, 1])
 
 
-def test_a_change_to_the_library_measures_again(tmp_path, monkeypatch):
+def test_a_change_to_the_code_it_runs_measures_again_and_other_code_does_not(tmp_path, monkeypatch):
     results = Results(tmp_path, "smoke")
     ms.measured(results, "x", {}, lambda: 1)
-    monkeypatch.setattr(ms, "_SOURCE_HASH", ["another library"])
-    assert ms.measured(results, "x", {}, lambda: 2) == 2
+    ms.measured(results, "loss", {}, lambda: 1, code=("evaluate",))
+    # What evaluate runs: itself and every module it imports (here through its function-local imports
+    # too), not the book's build, its plots or the claims check.
+    used = ms.imported_modules(["evaluate"])
+    assert {"evaluate", "generate", "model", "data", "config", "precision"} <= set(used)
+    assert not {"book", "plots", "claims", "sweep", "cli"} & set(used)
+    library = tmp_path / "lib"
+    library.mkdir()
+    for p in ms.LIBRARY.glob("*.py"):
+        (library / p.name).write_text(p.read_text())
+    monkeypatch.setattr(ms, "LIBRARY", library)
+    monkeypatch.setattr(ms, "_SOURCE_HASH", {})
+    (library / "plots.py").write_text((library / "plots.py").read_text() + "\n# a new figure\n")
+    assert ms.measured(results, "loss", {}, lambda: 2, code=("evaluate",)) == 1  # plots changed: kept
+    assert ms.measured(results, "x", {}, lambda: 2) == 2  # the whole library: measured again
+    monkeypatch.setattr(ms, "_SOURCE_HASH", {})
+    (library / "generate.py").write_text((library / "generate.py").read_text() + "\n# greedy, faster\n")
+    assert ms.measured(results, "loss", {}, lambda: 3, code=("evaluate",)) == 3  # evaluate's code changed
 
 
 def test_generations_come_back_the_same_without_generating(tmp_path, monkeypatch, smoke_tokenizer):

@@ -1,11 +1,17 @@
 """lora_course: the library under every chapter of the LoRA/QLoRA course.
 
-Modules, bottom-up (each imports only those above it):
-    errors, config (settings as data), precision, post (the post's figures and claims),
-    data, model, lora, results (run types and folders), generate, evaluate, tracking,
-    train, merge, pipeline (config -> data -> model -> LoRA -> train -> results),
-    evidence, bench, sweep, plots, install, chapters (the notebooks, by number),
-    claims (outcome sentences backed), book, cli.
+Modules, roughly bottom-up:
+    settings     errors, config (settings as data, the presets), precision (dtypes, decided once),
+                 post (the post's figures and claims)
+    the path     data, formats (other data shapes), model, external (your model), targets
+                 (target sets by meaning), lora, results (run types and folders), generate,
+                 evaluate, train, tracking (MLflow), merge, pipeline (config -> data -> model
+                 -> LoRA -> train -> results; run_all: several at once), distributed
+    evidence     evidence (paired differences, verdicts), measured (measurements cached by
+                 fingerprint), bench, sweep, memory, budget (the book's workload), timing
+    the book     plots, quiet, install (Colab), chapters (the notebooks, by number), claims
+                 (outcome sentences backed), book (papermill + jupyter-book), book_html,
+                 site_check, devicecheck (the gpu path on a GPU machine), cli
 
 Importing the package changes nothing outside it: warning filters and
 environment settings are applied by the chapter set-up and the command line

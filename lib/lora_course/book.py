@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 from .chapters import CHAPTERS_DIR, chapter_notebooks, select_chapters  # noqa: F401 (chapters import them from here)
 from .data import REPO_ROOT
 from .errors import CourseError
+from .measured import environment_report  # noqa: F401 (chapters and the CLI print it from here)
 
 BUILD_DIR = REPO_ROOT / "_build"
 SOURCE_COPY = BUILD_DIR / "src"
@@ -54,25 +54,6 @@ class ChapterContext:
 
         return RunConfig.create(experiment, self.profile, seed=overrides.pop("seed", self.seed),
                                 results_dir=self.results_dir, **overrides)
-
-
-def environment_report() -> dict[str, str]:
-    """Versions of the stack and the device in use."""
-    import importlib.metadata as md
-
-    import torch
-
-    versions = {"python": platform.python_version()}
-    for pkg in ("torch", "transformers", "peft", "trl", "bitsandbytes"):
-        try:
-            versions[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            versions[pkg] = "not installed"
-    if torch.cuda.is_available():
-        versions["device"] = f"cuda ({torch.cuda.get_device_name(0)})"
-    else:
-        versions["device"] = f"cpu ({os.cpu_count()} cores, {torch.backends.cpu.get_cpu_capability()} kernels)"
-    return versions
 
 
 def setup_chapter(profile: str, seed: int = 42, results_dir: str | os.PathLike = "results") -> ChapterContext:
@@ -180,6 +161,55 @@ def run_chapters(profile: str = "cpu", chapters: list[Path] | None = None, out_d
         times[nb.stem] = round(time.perf_counter() - start, 1)
         _record_times(out_dir / TIMES_FILE, profile, {nb.stem: times[nb.stem]}, {nb.stem: _shares(record, times[nb.stem])})
     return failed
+
+
+def run_chapters_side_by_side(profile: str, chapters: list[Path], out_dir: Path = SOURCE_COPY,
+                              results_dir: str | None = None, workers: int = 2) -> list[str]:
+    """`run_chapters`, `workers` chapters at a time, each kernel on one thread; the names that failed.
+
+    A chapter starts once the chapters whose results it reads have run (`chapters.prerequisites`),
+    the earliest ready chapter first. For small models, whose chapters spend their time starting
+    kernels, importing and in Python. Not for timing claims (each chapter slows the other).
+    """
+    from .chapters import prerequisites
+
+    needs = prerequisites(chapters)
+    pending, ended, failed = list(chapters), set(), []
+    turn = threading.Condition()
+
+    def lane() -> None:
+        while True:
+            with turn:
+                while True:
+                    ready = [nb for nb in pending if needs[nb.stem.split("-")[0]] <= ended]
+                    if ready or not pending:
+                        break
+                    turn.wait()
+                if not ready:
+                    return
+                nb = ready[0]
+                pending.remove(nb)
+            result = [nb.stem]
+            try:
+                result = run_chapters(profile, [nb], out_dir, results_dir)
+            finally:
+                with turn:
+                    failed.extend(result)
+                    ended.add(nb.stem.split("-")[0])  # failed or not: a dependent then says what it misses
+                    turn.notify_all()
+
+    saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # the kernels started now inherit it
+    try:
+        lanes = [threading.Thread(target=lane) for _ in range(workers)]
+        for t in lanes:
+            t.start()
+        for t in lanes:
+            t.join()
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    return sorted(failed)
 
 
 _TIMES_LOCK = threading.Lock()
@@ -356,9 +386,9 @@ def rebuild_chapters(profile: str, names: list[str]) -> Path:
 
 
 def execute_chapters(profile: str, out_dir: Path | None = None, results_dir: str | None = None,
-                     names: list[str] | None = None) -> Path:
+                     names: list[str] | None = None, side_by_side: bool = False) -> Path:
     """Execute every chapter (or the named ones) at `profile` into out_dir (default _build/executed-<profile>/),
-    no rendering.
+    no rendering; `side_by_side` runs them in two lanes (`run_chapters_side_by_side`).
 
     For checking that a profile's path runs (CI runs gpu-mini this way); the rendered
     book in _build/src/ is left alone. Fails naming the chapters that failed.
@@ -368,7 +398,8 @@ def execute_chapters(profile: str, out_dir: Path | None = None, results_dir: str
     out_dir = out_dir or BUILD_DIR / f"executed-{profile}"
     if not names:
         shutil.rmtree(out_dir / "chapters", ignore_errors=True)
-    _stop_if_failed(run_chapters(profile, chapters, out_dir=out_dir, results_dir=results_dir), profile, out_dir)
+    execute = run_chapters_side_by_side if side_by_side else run_chapters
+    _stop_if_failed(execute(profile, chapters, out_dir=out_dir, results_dir=results_dir), profile, out_dir)
     print(f"[book] {'every chapter' if not names else ', '.join(nb.stem for nb in chapters)} ran at profile "
           f"{profile}: {out_dir / 'chapters'}")
     return out_dir

@@ -2,18 +2,26 @@
 
     chapter_notebooks()      every chapter, by the number its file name starts with
     select_chapters(names)   those named by number ("05") or file name ("05-merge-deploy")
+    prerequisites(chapters)  for each chapter, the chapters whose results it reads (it runs after them)
 
 Below both the book's build and the outcome-sentence check, which each list the chapters.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 from .data import REPO_ROOT
 from .errors import CourseError
 
 CHAPTERS_DIR = REPO_ROOT / "chapters"
+# A chapter names the chapters whose results it reads (`results.require("chapter N", ...)`, or a
+# `chapter="chapter N"` when it asks for a run). Beside those: chapter 4 reuses chapter 2's baseline
+# run (and would make it too if the two ran side by side).
+_NAMED = re.compile(r'(?:require\(|chapter=)"chapter (\d+)"')
+SHARED_RUNS: dict[str, tuple[str, ...]] = {"04": ("02",)}
 
 
 def chapter_notebooks() -> list[Path]:
@@ -29,3 +37,20 @@ def select_chapters(names: list[str]) -> list[Path]:
         raise CourseError(f"No chapter {', '.join(unknown)}: name chapters by number or file name, one of "
                           f"{', '.join(nb.stem for nb in chapters)}.")
     return [nb for nb in chapters if nb.stem in names or nb.stem.split("-")[0] in names]
+
+
+
+def _number(nb: Path) -> str:
+    return nb.stem.split("-")[0]
+
+
+def prerequisites(chapters: list[Path]) -> dict[str, set[str]]:
+    """For each chapter (by number), the chapters of the list whose results it reads, read from its code."""
+    numbers = {_number(nb) for nb in chapters}
+    out = {}
+    for nb in chapters:
+        cells = json.loads(nb.read_text())["cells"]
+        code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+        named = {f"{int(n):02d}" for n in _NAMED.findall(code)} | set(SHARED_RUNS.get(_number(nb), ()))
+        out[_number(nb)] = (named & numbers) - {_number(nb)}
+    return out

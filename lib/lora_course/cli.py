@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only execute the chapters, into --out (default _build/executed-<profile>), e.g. at gpu-mini")
     p.add_argument("--out", default=None, help="folder for --no-render's executed chapters")
     p.add_argument("--results", default=None, help="results root folder for --no-render (default: results)")
+    p.add_argument("--side-by-side", action="store_true",
+                   help="with --no-render: two lanes of chapters at once, one thread each (small models; "
+                        "not for timing claims)")
     p.add_argument("--chapter", action="append", default=[], metavar="NN",
                    help="run only this chapter (number or file name; repeatable), render with the others' last "
                         "executed copies (with --no-render: execute only these chapters)")
@@ -329,6 +332,7 @@ def cmd_generate(args) -> int:
     from .generate import generate
     from .merge import load_adapter_model
     from .model import load_model, load_tokenizer
+    from .results import adapter_folder
 
     config = _config(args)
     if args.instruction is not None and args.instruction.strip():
@@ -341,7 +345,7 @@ def cmd_generate(args) -> int:
     if args.base:
         model = load_model(config.profile, config.experiment.quantization)
     else:
-        model = load_adapter_model(config.profile, config.out_dir / "adapter", config.experiment.quantization)
+        model = load_adapter_model(config.profile, adapter_folder(config.out_dir), config.experiment.quantization)
     max_new_tokens = args.max_new_tokens if args.max_new_tokens is not None else config.profile.max_new_tokens
     print(generate(model, tokenizer, prompt, max_new_tokens))
     return 0
@@ -350,12 +354,13 @@ def cmd_generate(args) -> int:
 def cmd_merge(args) -> int:
     from .data import BLOG_PROMPTS, product_prompt
     from .merge import check_merged_out, merge_and_check, save_merged
+    from .results import adapter_folder
 
     config = _config(args)
     out_dir = args.out or config.out_dir / "merged"
     check_merged_out(out_dir)
     prompts = [product_prompt(p, c) for p, c in BLOG_PROMPTS]
-    report = merge_and_check(config.profile, config.out_dir / "adapter", prompts)
+    report = merge_and_check(config.profile, adapter_folder(config.out_dir), prompts)
     out = save_merged(report.merged_model, report.tokenizer, out_dir)
     print(f"max |logit(adapter) - logit(merged)| = {report.max_abs_logit_diff:.3g}")
     print(f"merged model: {out}")
@@ -427,7 +432,8 @@ def cmd_book(args) -> int:
 
         from .book import execute_chapters
 
-        execute_chapters(args.profile, Path(args.out) if args.out else None, args.results, args.chapter or None)
+        execute_chapters(args.profile, Path(args.out) if args.out else None, args.results, args.chapter or None,
+                         side_by_side=args.side_by_side)
     elif args.skip_run:
         copy_book_sources()
         build_html()

@@ -38,6 +38,16 @@ ALL_LINEAR = "all-linear"
 DEFAULT_SEED = 42
 
 
+def noise_seeds(seed: int = DEFAULT_SEED) -> tuple[int, int]:
+    """The two more seeds a noise floor is measured at, beside `seed` (chapter 4's runs, chapter 7's sweep)."""
+    return seed + 1, seed + 2
+
+
+def run_name(experiment: str, seed: int = DEFAULT_SEED) -> str:
+    """A run's folder name: the experiment's, with "-seed<N>" for a seed other than DEFAULT_SEED."""
+    return experiment if seed == DEFAULT_SEED else f"{experiment}-seed{seed}"
+
+
 # --------------------------------------------------------------------------- models
 @dataclass(frozen=True)
 class ModelSpec:
@@ -750,8 +760,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         if not self.name:
-            suffix = "" if self.seed == DEFAULT_SEED else f"-seed{self.seed}"
-            object.__setattr__(self, "name", self.experiment.name + suffix)
+            object.__setattr__(self, "name", run_name(self.experiment.name, self.seed))
         check_run_name(self.name, nested=True)
 
     @classmethod
@@ -844,5 +853,5 @@ class SweepPoint:
 
     @property
     def name(self) -> str:
-        return (self.experiment.name + ("" if self.seed == DEFAULT_SEED else f"-seed{self.seed}")
+        return (run_name(self.experiment.name, self.seed)
                 + ("" if self.budget == 1 else f"-steps-x{self.budget}"))

@@ -6,6 +6,7 @@ The pipeline, top-down:
                                   reports duplicates
     format_rows(df)               instruction -> Alpaca prompt -> response + "\\n### End"
     prepare_data(settings, tok)   all of the above, then length check, sample, 95/5 split
+    held_out(profile, tok)        the held-out rows every run of a profile is scored on
 """
 
 from __future__ import annotations
@@ -381,6 +382,12 @@ def prepare_data(
         report.notes.append(f"training on the first {settings.train_rows} rows of the training split only")
     report.train_rows, report.test_rows = len(train), len(split["test"])
     return PreparedData(train=train, test=split["test"], report=report)
+
+
+def held_out(profile, tokenizer) -> Any:
+    """The held-out rows of `profile` (a `config.Profile`): the ones every run of it is scored on, split as its
+    runs split their data."""
+    return prepare_data(profile.data, tokenizer, profile.train.max_length).test
 
 
 # --------------------------------------------------------------------------- data card

@@ -15,7 +15,6 @@ off for the comparison: each process draws its own dropout masks).
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -121,14 +120,15 @@ ONE, MANY = "ddp-one-process", "ddp-{}-processes"  # run folders under results/<
 
 def load_comparison(results_dir: str | Path, profile: str, processes: int = 2) -> ProcessComparison:
     """The comparison from the two finished runs on disk; times are the trainers' own training time."""
+    from .results import load_run
+
     folder = Path(results_dir) / profile
     runs = {}
     for label, name in (("one", ONE), ("many", MANY.format(processes))):
-        if not (folder / name / "config.json").exists():
+        finished = load_run(folder / name)
+        if finished is None:
             raise CourseError(f"No finished run {name!r} in {folder}: run compare_process_counts first.")
-        losses = [x["loss"] for x in json.loads((folder / name / "losses.json").read_text())["train"]]
-        wall = json.loads((folder / name / "metrics.json").read_text())["wall_time_s"]
-        runs[label] = (losses, wall)
+        runs[label] = ([x["loss"] for x in finished.result.losses], finished.result.wall_time_s)
     return ProcessComparison(processes, len(runs["one"][0]), runs["one"][0], runs["many"][0],
                              runs["one"][1], runs["many"][1])
 

