@@ -2,32 +2,17 @@
 
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
 from pathlib import Path
 
+from lora_course.measured import imports_of
+
 PACKAGE = Path(__file__).resolve().parents[1] / "lib" / "lora_course"
 
 
-def _internal_imports(path: Path) -> set[str]:
-    """Modules of the package that `path` imports anywhere, inside functions included."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom):
-            if node.level == 1 and node.module:
-                found.add(node.module.split(".")[0])
-            elif node.level == 1:
-                found |= {a.name for a in node.names}
-            elif node.module and node.module.startswith("lora_course."):
-                found.add(node.module.split(".")[1])
-        elif isinstance(node, ast.Import):
-            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("lora_course.")}
-    return found - {path.stem}
-
-
 def test_the_modules_form_no_cycle():
-    graph = {p.stem: _internal_imports(p) for p in PACKAGE.glob("*.py")}
+    graph = {p.stem: imports_of(p.stem) for p in PACKAGE.glob("*.py")}
     modules = set(graph)
     assert all(deps <= modules for deps in graph.values())
     order, state = [], {}

@@ -171,7 +171,7 @@ def run_chapters_side_by_side(profile: str, chapters: list[Path], out_dir: Path 
     the earliest ready chapter first. For small models, whose chapters spend their time starting
     kernels, importing and in Python. Not for timing claims (each chapter slows the other).
     """
-    from .chapters import prerequisites
+    from .chapters import number, prerequisites
 
     needs = prerequisites(chapters)
     pending, ended, failed = list(chapters), set(), []
@@ -181,7 +181,7 @@ def run_chapters_side_by_side(profile: str, chapters: list[Path], out_dir: Path 
         while True:
             with turn:
                 while True:
-                    ready = [nb for nb in pending if needs[nb.stem.split("-")[0]] <= ended]
+                    ready = [nb for nb in pending if needs[number(nb)] <= ended]
                     if ready or not pending:
                         break
                     turn.wait()
@@ -195,7 +195,7 @@ def run_chapters_side_by_side(profile: str, chapters: list[Path], out_dir: Path 
             finally:
                 with turn:
                     failed.extend(result)
-                    ended.add(nb.stem.split("-")[0])  # failed or not: a dependent then says what it misses
+                    ended.add(number(nb))  # failed or not: a dependent then says what it misses
                     turn.notify_all()
 
     saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
@@ -388,7 +388,7 @@ def rebuild_chapters(profile: str, names: list[str]) -> Path:
 def execute_chapters(profile: str, out_dir: Path | None = None, results_dir: str | None = None,
                      names: list[str] | None = None, side_by_side: bool = False) -> Path:
     """Execute every chapter (or the named ones) at `profile` into out_dir (default _build/executed-<profile>/),
-    no rendering; `side_by_side` runs them in two lanes (`run_chapters_side_by_side`).
+    no rendering; `side_by_side` runs two at a time (`run_chapters_side_by_side`).
 
     For checking that a profile's path runs (CI runs gpu-mini this way); the rendered
     book in _build/src/ is left alone. Fails naming the chapters that failed.

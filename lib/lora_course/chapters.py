@@ -32,25 +32,25 @@ def chapter_notebooks() -> list[Path]:
 def select_chapters(names: list[str]) -> list[Path]:
     """The chapter notebooks named by number ("05") or stem ("05-merge-deploy"), in reading order."""
     chapters = chapter_notebooks()
-    unknown = [n for n in names if not any(nb.stem == n or nb.stem.split("-")[0] == n for nb in chapters)]
+    unknown = [n for n in names if not any(nb.stem == n or number(nb) == n for nb in chapters)]
     if unknown:
         raise CourseError(f"No chapter {', '.join(unknown)}: name chapters by number or file name, one of "
                           f"{', '.join(nb.stem for nb in chapters)}.")
-    return [nb for nb in chapters if nb.stem in names or nb.stem.split("-")[0] in names]
+    return [nb for nb in chapters if nb.stem in names or number(nb) in names]
 
 
-
-def _number(nb: Path) -> str:
+def number(nb: Path) -> str:
+    """A chapter's number, as its file name starts ("05")."""
     return nb.stem.split("-")[0]
 
 
 def prerequisites(chapters: list[Path]) -> dict[str, set[str]]:
     """For each chapter (by number), the chapters of the list whose results it reads, read from its code."""
-    numbers = {_number(nb) for nb in chapters}
+    numbers = {number(nb) for nb in chapters}
     out = {}
     for nb in chapters:
         cells = json.loads(nb.read_text())["cells"]
         code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
-        named = {f"{int(n):02d}" for n in _NAMED.findall(code)} | set(SHARED_RUNS.get(_number(nb), ()))
-        out[_number(nb)] = (named & numbers) - {_number(nb)}
+        named = {f"{int(n):02d}" for n in _NAMED.findall(code)} | set(SHARED_RUNS.get(number(nb), ()))
+        out[number(nb)] = (named & numbers) - {number(nb)}
     return out

@@ -157,8 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="folder for --no-render's executed chapters")
     p.add_argument("--results", default=None, help="results root folder for --no-render (default: results)")
     p.add_argument("--side-by-side", action="store_true",
-                   help="with --no-render: two lanes of chapters at once, one thread each (small models; "
-                        "not for timing claims)")
+                   help="with --no-render: two chapters at a time, one thread each, each once the chapters it "
+                        "reads have run (small models; not for timing claims)")
     p.add_argument("--chapter", action="append", default=[], metavar="NN",
                    help="run only this chapter (number or file name; repeatable), render with the others' last "
                         "executed copies (with --no-render: execute only these chapters)")

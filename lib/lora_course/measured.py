@@ -3,6 +3,7 @@ while that fingerprint holds.
 
     fingerprint(*parts)                          a short hash of what a measurement depends on
     environment_report()                         the stack's versions and the device in use
+    imports_of(module)                           the library modules one module imports, anywhere in it
     code_source(modules)                         the fingerprint of those library modules and all they import
     measured(results, name, key, measure, ...)   the saved value when `key` is unchanged, else measure() and save it
 
@@ -22,7 +23,6 @@ import hashlib
 import json
 import os
 import platform
-import re
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
@@ -83,7 +83,22 @@ def environment_report() -> dict[str, str]:
     return versions
 
 
-_IMPORT = re.compile(r"^\s*from \.(\w*) import ([\w, ()]+)", re.MULTILINE)
+def imports_of(module: str) -> set[str]:
+    """The library modules that `module` imports anywhere, inside functions included."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse((LIBRARY / f"{module}.py").read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 1 and node.module:
+                found.add(node.module.split(".")[0])
+            elif node.level == 1:
+                found |= {a.name for a in node.names}
+            elif node.module and node.module.startswith("lora_course."):
+                found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("lora_course.")}
+    return found - {module}
 
 
 def imported_modules(modules: Sequence[str]) -> list[str]:
@@ -92,12 +107,10 @@ def imported_modules(modules: Sequence[str]) -> list[str]:
     todo = list(modules)
     while todo:
         name = todo.pop()
-        path = LIBRARY / f"{name}.py"
-        if name in seen or not path.exists():
+        if name in seen or not (LIBRARY / f"{name}.py").exists():
             continue
         seen.add(name)
-        for module, names in _IMPORT.findall(path.read_text()):
-            todo += [module] if module else [n.strip(" ()") for n in names.split(",")]
+        todo += imports_of(name)
     return sorted(seen)
 
 
