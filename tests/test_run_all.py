@@ -12,7 +12,7 @@ import torch
 
 from lora_course.config import PROFILES, RunConfig
 from lora_course.errors import CourseError
-from lora_course.pipeline import _longest_first, run, run_all, threads_per_run
+from lora_course.pipeline import _longest_first, _planned_steps, run, run_all, threads_per_run
 from lora_course.timing import TIMES_ENV, totals
 
 SMOKE = PROFILES["smoke"]
@@ -72,3 +72,9 @@ def test_parallel_runs_is_scheduling_not_identity():
     order = sorted([(configs["lora-r8-all"], "loss"), (configs["qlora-r8-qv"], "full"),
                     (configs["lora8bit-r8-all"], "full")], key=lambda r: _longest_first(*r))
     assert [c.name for c, _ in order] == ["lora8bit-r8-all", "qlora-r8-qv", "lora-r8-all"]
+    # A run bounded by epochs counts their steps: 8 rows / 4 a step x 10 epochs = 20, more than 6.
+    epochs = RunConfig.create("qlora-r8-all", SMOKE, name="epochs", data={"train_rows": 8}, max_steps=-1,
+                              num_train_epochs=10)
+    assert _planned_steps(epochs) == 20 and _planned_steps(configs["qlora-r8-qv"]) == SMOKE.train.max_steps == 6
+    order = sorted([(configs["qlora-r8-qv"], "loss"), (epochs, "none")], key=lambda r: _longest_first(*r))
+    assert [c.name for c, _ in order] == ["epochs", "qlora-r8-qv"]

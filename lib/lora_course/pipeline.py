@@ -139,7 +139,17 @@ def threads_per_run(parallel_runs: int) -> int:
 def _longest_first(config: RunConfig, evaluate: str) -> tuple:
     """Start the long runs first, so that the last one to start, which may run alone, is short: a full
     evaluation generates (the longest part of one), 8-bit layers are the slowest on a CPU, then more steps."""
-    return (evaluate != "full", config.experiment.quantization != "int8", -config.profile.train.max_steps)
+    return (evaluate != "full", config.experiment.quantization != "int8", -_planned_steps(config))
+
+
+def _planned_steps(config: RunConfig) -> float:
+    """Optimizer steps the run will take: `max_steps`, or its epochs over `train_rows` (unknown rows: many)."""
+    train, rows = config.profile.train, config.profile.data.train_rows
+    if train.max_steps > 0:
+        return train.max_steps
+    if rows is None:
+        return math.inf
+    return math.ceil(rows / (train.per_device_train_batch_size * train.gradient_accumulation_steps)) * train.num_train_epochs
 
 
 def finished(config: RunConfig, evaluate: str) -> bool:

@@ -102,14 +102,19 @@ class PointResult:
     evaluation: Evaluation | None = None  # its held-out scoring (response loss per row)
 
 
-def run_sweep(points: Sequence[SweepPoint], profile: Profile, results_dir="results") -> list[PointResult]:
+def run_sweep(points: Sequence[SweepPoint], profile: Profile, results_dir="results",
+              also: Sequence[tuple[RunConfig, str]] = ()) -> list[PointResult]:
     """Every point through the pipeline (`pipeline.run_all`: `profile.parallel_runs` at a time), in order;
-    each is cached, and a failure is reported with its reason."""
+    each is cached, and a failure is reported with its reason.
+
+    also  a page's other (config, evaluate) runs, trained in the same pool so that no core waits for
+          the last point; read them afterwards with `pipeline.run` (a failed one fails there, in its place)
+    """
     from .pipeline import finished, run_all
 
     configs = [point_config(point, profile, results_dir) for point in points]
     cached = [finished(config, "loss") for config in configs]
-    runs = run_all([(config, "loss") for config in configs], keep_going=True)
+    runs = run_all([*((config, "loss") for config in configs), *also], keep_going=True)[:len(configs)]
     out = []
     for point, config, was_cached, r in zip(points, configs, cached, runs):
         steps = config.profile.train.max_steps
