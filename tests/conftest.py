@@ -16,9 +16,14 @@ def smoke_tokenizer():
 
 
 @pytest.fixture(scope="session")
-def smoke_book(tmp_path_factory):
-    """Every chapter executed once at the smoke profile, two lanes at once: (output folder, chapters that failed)."""
+def mini_book(tmp_path_factory):
+    """Every chapter executed once at gpu-mini, two at a time: (output folder, chapters that failed).
+
+    The one miniature execution of the book: `make test` runs the chapters' gpu path (4-bit
+    compute, bf16 autocast, evaluation and saving per epoch) and `make book` their cpu path.
+    """
+    from helpers import MINI
     from lora_course.book import chapter_notebooks, run_chapters_side_by_side
 
     out = tmp_path_factory.mktemp("book")
-    return out, run_chapters_side_by_side("smoke", chapter_notebooks(), out, str(out / "results"))
+    return out, run_chapters_side_by_side(MINI, chapter_notebooks(), out, str(out / "results"))

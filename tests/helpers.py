@@ -1,4 +1,4 @@
-"""Helpers only the tests use: a gradient probe, training a model in hand, LoRA matrices."""
+"""Helpers only the tests use: the miniature book's profile, a gradient probe, training a model in hand, LoRA matrices."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from lora_course.config import TrainSettings
 from lora_course.precision import Precision
 from lora_course.results import TrainResult
 from lora_course.train import build_trainer, train
+
+MINI = "gpu-mini"  # the gpu profile in miniature: every gpu branch of every chapter, on a CPU, in minutes
 
 
 class GradientProbe:

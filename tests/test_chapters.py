@@ -1,4 +1,4 @@
-"""The chapters: how every page is built, that every one runs at the smoke profile, that a claim
+"""The chapters: how every page is built, that every one runs at the gpu profile in miniature, that a claim
 contradicted by the data stops the build, and that chapter 4's hand-written recipe equals the library."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import shutil
 
 import pytest
 
+from helpers import MINI
 from lora_course.book import chapter_notebooks, run_chapters
 
 CHAPTERS = chapter_notebooks()
@@ -50,16 +51,16 @@ def test_committed_chapter_is_built_the_same_way(path):
 
 
 @pytest.fixture(scope="module")
-def executed(smoke_book):
-    return smoke_book
+def executed(mini_book):
+    return mini_book
 
 
-def test_every_chapter_runs_at_the_smoke_profile(executed):
+def test_every_chapter_runs_at_the_gpu_profile_in_miniature(executed):
     out, failed = executed
     assert failed == []
     assert sorted(p.name for p in (out / "chapters").glob("*.ipynb")) == [p.name for p in CHAPTERS]
     times = json.loads((out / "chapter-times.json").read_text())
-    assert times["profile"] == "smoke" and set(times["seconds"]) == {p.stem for p in CHAPTERS}
+    assert times["profile"] == MINI and set(times["seconds"]) == {p.stem for p in CHAPTERS}
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=[p.stem for p in CHAPTERS])
@@ -75,7 +76,7 @@ def test_executed_chapter_output_has_no_warnings(path, executed):
     assert noisy == []
     # The page says which profile produced its numbers, and hides papermill's injected cell.
     outputs = ["".join(o.get("text", "")) for c in _cells(nb, "code") for o in c["outputs"]]
-    assert any("Numbers on this page: profile 'smoke'" in t for t in outputs)
+    assert any(f"Numbers on this page: profile '{MINI}'" in t for t in outputs)
     injected = [c for c in nb["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
     assert len(injected) == 1 and "remove-cell" in injected[0]["metadata"]["tags"]
     # No cell ends by echoing a bare number, string or path that the prose already glues.
@@ -100,12 +101,12 @@ def test_a_claim_the_data_contradict_stops_the_build(executed, tmp_path):
     out, _ = executed
     results = tmp_path / "results"
     shutil.copytree(out / "results", results)
-    config = results / "smoke" / "qlora-r8-qv-seed43" / "config.json"
+    config = results / MINI / "qlora-r8-qv-seed43" / "config.json"
     saved = json.loads(config.read_text())
     saved["profile"]["train"]["learning_rate"] *= 2  # no longer the same run at another seed
     config.write_text(json.dumps(saved))
     chapter = [p for p in CHAPTERS if p.stem.startswith("06")]
-    assert run_chapters("smoke", chapters=chapter, out_dir=tmp_path, results_dir=str(results)) == [chapter[0].stem]
+    assert run_chapters(MINI, chapters=chapter, out_dir=tmp_path, results_dir=str(results)) == [chapter[0].stem]
     nb = json.loads((tmp_path / "chapters" / chapter[0].name).read_text())
     errors = [o for c in _cells(nb, "code") for o in c["outputs"] if o.get("output_type") == "error"]
     assert errors and errors[0]["ename"] == "ClaimError"
