@@ -9,7 +9,7 @@ import pytest
 
 from lora_course import CourseError, RunConfig
 from lora_course.cli import _parse_sets, main
-from lora_course.config import DataSettings, LoraSettings, Optimizer, Scheduler, TrainSettings
+from lora_course.settings import DataSettings, LoraSettings, Optimizer, Scheduler, TrainSettings
 
 TRAIN = ["train", "--experiment", "qlora-r8-qv", "--profile", "smoke"]
 
@@ -94,7 +94,7 @@ def test_lora_settings_check_target_modules():
 
 
 def test_every_profile_and_saved_config_passes_its_own_checks():
-    from lora_course.config import PROFILES
+    from lora_course.presets import PROFILES
 
     for name in PROFILES:
         cfg = RunConfig.create("qlora-r8-all", name)
@@ -135,8 +135,8 @@ def test_counts_must_be_one_or_more(argv, message, tmp_path, capsys):
 
 def test_library_counts_are_checked_too(smoke_tokenizer):
     from lora_course.bench import bench
-    from lora_course.config import PROFILES
     from lora_course.generate import generate, time_generation
+    from lora_course.presets import PROFILES
 
     with pytest.raises(CourseError, match="max_new_tokens must be a whole number of 1 or more, got 0"):
         generate(None, smoke_tokenizer, "a prompt", max_new_tokens=0)

@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from lora_course import evaluate as ev
-from lora_course.config import get_experiment, get_profile
 from lora_course.data import RESPONSE_SUFFIX, prepare_data
 from lora_course.generate import generate_detailed
 from lora_course.lora import attach_lora
 from lora_course.model import load_model, load_tokenizer
 from lora_course.precision import for_profile
+from lora_course.presets import get_experiment, get_profile
 
 EXPERIMENT = {"nf4": "qlora-r8-all", "int8": "lora8bit-r8-all"}
 

@@ -184,8 +184,8 @@ def test_response_loss_scores_the_tokens_the_trainer_trains_on(rows):
     """With a SentencePiece-style tokenizer (Metaspace, legacy=False, as OpenLLaMA's converts),
     a response tokenized alone starts with a "▁" token that the trainer never sees after the
     prompt. The rows scored must be the trainer's own input_ids, prompt positions masked."""
-    from lora_course.config import get_profile
     from lora_course.model import load_model, load_tokenizer
+    from lora_course.presets import get_profile
 
     prof = get_profile("gpu-mini")
     tok = load_tokenizer(prof)

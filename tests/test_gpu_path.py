@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from lora_course import CourseError
-from lora_course.config import GPU_DEVICE_DIFFERENCES, GPU_MINI_DIFFERENCES, PROFILES, PrecisionSettings
+from lora_course.presets import GPU_DEVICE_DIFFERENCES, GPU_MINI_DIFFERENCES, PROFILES
+from lora_course.settings import PrecisionSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 IDENTITY = {"name", "description"}  # a profile's own name and one-line description
@@ -112,7 +113,7 @@ def test_each_process_loads_onto_its_own_gpu(monkeypatch):
 
 
 def test_random_weights_are_made_in_their_target_dtype_without_a_cast(monkeypatch):
-    from lora_course.config import get_model_spec
+    from lora_course.catalogue import get_model_spec
     from lora_course.model import random_model
 
     def no_cast(self, *args, **kwargs):

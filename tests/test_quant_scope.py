@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lora_course.config import PROFILES, get_experiment
 from lora_course.errors import CourseError
+from lora_course.presets import PROFILES, get_experiment
 
 
 # --------------------------------------------------------------------------- model_facts

@@ -1,8 +1,9 @@
 """lora_course: the library under every chapter of the LoRA/QLoRA course.
 
 Modules, roughly bottom-up:
-    settings     errors, config (settings as data, the presets), precision (dtypes, decided once),
-                 post (the post's figures and claims)
+    settings     errors, catalogue (the models by name), settings (the schema, each value checked),
+                 presets (the profiles and experiments), config (a run's: RunConfig, run names),
+                 precision (dtypes, decided once), post (the post's figures and claims)
     the path     data, formats (other data shapes), model, external (your model), targets
                  (target sets by meaning), lora, results (run types and folders), generate,
                  evaluate, train, tracking (MLflow), merge, pipeline (config -> data -> model
@@ -18,22 +19,11 @@ environment settings are applied by the chapter set-up and the command line
 (`lora_course.quiet.install()`).
 """
 
-from .config import (
-    EXPERIMENTS,
-    MODELS,
-    PROFILES,
-    DataSettings,
-    Experiment,
-    LoraSettings,
-    ModelSpec,
-    PrecisionSettings,
-    Profile,
-    RunConfig,
-    TrainSettings,
-    get_experiment,
-    get_profile,
-)
+from .catalogue import MODELS, ModelSpec
+from .config import RunConfig
 from .errors import CourseError
+from .presets import EXPERIMENTS, PROFILES, get_experiment, get_profile
+from .settings import DataSettings, Experiment, LoraSettings, PrecisionSettings, Profile, TrainSettings
 
 __version__ = "0.2.0"
 

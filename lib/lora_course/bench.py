@@ -30,9 +30,11 @@ from typing import Any
 
 import torch
 
-from .config import Profile, RunConfig, get_experiment
+from .config import RunConfig
 from .errors import CourseError
+from .presets import get_experiment
 from .results import LatencyTable, Results, write_json
+from .settings import Profile
 
 TRAINER_SETTINGS: dict[str, dict[str, Any]] = {
     # The companion code's trainer: the default collator pads each batch to its

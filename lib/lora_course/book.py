@@ -37,7 +37,7 @@ REPOSITORY_PLACEHOLDER = "REPOSITORY_FROM_PYPROJECT"  # _config.yml's repository
 class ChapterContext:
     """What a chapter's set-up cell resolves: profile, seed, and the results of that profile."""
 
-    profile: object  # lora_course.config.Profile
+    profile: object  # lora_course.settings.Profile
     seed: int
     results: object  # lora_course.results.Results
 
@@ -70,9 +70,9 @@ def setup_chapter(profile: str, seed: int = 42, results_dir: str | os.PathLike =
     import torch
 
     from . import quiet
-    from .config import get_profile
     from .model import check_device
     from .precision import for_profile
+    from .presets import get_profile
     from .results import Results
 
     quiet.install()

@@ -12,8 +12,9 @@ measured again and raised on purpose.
 
 from __future__ import annotations
 
-from .config import EXPERIMENTS, EXTRA_EXPERIMENTS, QUANTIZATIONS, Profile
 from .data import BLOG_PROMPTS
+from .presets import EXPERIMENTS, EXTRA_EXPERIMENTS
+from .settings import QUANTIZATIONS, Profile
 from .sweep import NOISE_SEEDS, SWEEP
 
 # The `cpu` profile's workload when the chapters were timed at 57.8 min on an AVX2-only 2-core machine

@@ -13,19 +13,11 @@ import json
 import os
 import sys
 
-from .config import (
-    EXPERIMENTS,
-    EXTRA_EXPERIMENTS,
-    MODELS,
-    PROFILES,
-    DataSettings,
-    LoraSettings,
-    RunConfig,
-    TrainSettings,
-    check_run_name,
-    parse_setting,
-)
+from .catalogue import MODELS
+from .config import RunConfig, check_run_name
 from .errors import INTERRUPTED, REFUSED, CourseError
+from .presets import EXPERIMENTS, EXTRA_EXPERIMENTS, PROFILES
+from .settings import DataSettings, LoraSettings, TrainSettings, parse_setting
 from .targets import TARGET_SETS
 
 ALL_EXPERIMENTS = {**EXPERIMENTS, **EXTRA_EXPERIMENTS}
@@ -240,8 +232,8 @@ def _without_processes(train_args: list[str]) -> list[str]:
 
 def _with_model(profile, model: str | None):
     """The profile with its model replaced by `model` (a folder, a hub id or a registered name), checked now."""
-    from .config import get_profile
     from .external import with_model_and_data
+    from .presets import get_profile
 
     profile = get_profile(profile) if isinstance(profile, str) else profile
     return profile if model is None else with_model_and_data(profile, model)
@@ -268,8 +260,8 @@ def cmd_params(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .config import get_experiment, get_profile
     from .pipeline import run
+    from .presets import get_experiment, get_profile
 
     if args.name:
         check_run_name(args.name)  # one folder name; only the library nests runs (sweep/<point>)
@@ -371,7 +363,7 @@ def _profile_with(args):
     import dataclasses
 
     from .bench import random_weights
-    from .config import get_profile
+    from .presets import get_profile
 
     profile = _with_model(get_profile(args.profile), getattr(args, "model", None))
     if getattr(args, "random_weights", False):
@@ -395,7 +387,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from .config import get_profile
+    from .presets import get_profile
     from .sweep import SWEEP, run_sweep, sweep_table
 
     table = sweep_table(run_sweep(SWEEP, _with_model(get_profile(args.profile), args.model), args.results))
@@ -407,7 +399,7 @@ def cmd_train_check(args) -> int:
     from pathlib import Path
 
     from .bench import describe_utilisation, train_check
-    from .config import get_profile
+    from .presets import get_profile
     from .results import write_json
 
     report = train_check(get_profile(args.profile), steps=args.steps, results_dir=args.results)
@@ -424,7 +416,7 @@ def cmd_train_check(args) -> int:
 
 def cmd_book(args) -> int:
     from .book import build_book, build_html, copy_book_sources, rebuild_chapters
-    from .config import get_profile
+    from .presets import get_profile
 
     get_profile(args.profile)
     if args.no_render:
@@ -447,8 +439,8 @@ def cmd_book(args) -> int:
 def cmd_device_run(args) -> int:
     from pathlib import Path
 
-    from .config import get_profile
     from .devicecheck import device_run
+    from .presets import get_profile
 
     get_profile(args.profile), get_profile(args.check_profile)
     return device_run(args.profile, args.check_profile, args.check_steps, args.budget_s, Path(args.out), Path(args.work),

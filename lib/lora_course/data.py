@@ -18,8 +18,8 @@ from typing import Any
 
 import pandas as pd
 
-from .config import DataSettings
 from .errors import CourseError
+from .settings import DataSettings
 
 COLUMNS = ("product", "category", "description")
 HUB_DATASET_ID = "xiyuez/red-dot-design-award-product-description"
@@ -385,7 +385,7 @@ def prepare_data(
 
 
 def held_out(profile, tokenizer) -> Any:
-    """The held-out rows of `profile` (a `config.Profile`): the ones every run of it is scored on, split as its
+    """The held-out rows of `profile` (a `settings.Profile`): the ones every run of it is scored on, split as its
     runs split their data."""
     return prepare_data(profile.data, tokenizer, profile.train.max_length).test
 

@@ -52,7 +52,7 @@ def device_run(profile: str, check_profile: str, check_steps: int, budget_s: flo
 
     from .bench import environment, train_check
     from .book import chapter_notebooks, run_chapters
-    from .config import get_profile
+    from .presets import get_profile
     from .results import write_json
 
     start = time.perf_counter()

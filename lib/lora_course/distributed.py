@@ -97,8 +97,9 @@ def compare_process_counts(profile: str, results_dir: str | Path, processes: int
     `steps` should stay within the first epoch of the profile's training rows:
     past it, the processes' data shards are padded differently from one process's batches.
     """
-    from .config import RunConfig, get_experiment
+    from .config import RunConfig
     from .pipeline import run
+    from .presets import get_experiment
 
     results_dir = Path(results_dir)
     exp = get_experiment(experiment).with_lora(lora_dropout=0.0)

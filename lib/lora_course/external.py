@@ -4,7 +4,7 @@
     model.causal_lm_config(spec) its transformers config, checked to have a causal-LM head
     write_tiny_checkpoint(...) a tiny random model and tokenizer saved to a folder, as a reader's own would be
 
-The registered models (`config.MODELS`) stay shortcuts; anything else that names
+The registered models (`catalogue.MODELS`) stay shortcuts; anything else that names
 a folder or a hub id works wherever the library takes a model. Their shapes come
 from their own config.json, so counting parameters needs no weights.
 """
@@ -69,7 +69,8 @@ def with_model_and_data(profile, model: str, source: str | None = None, columns:
     """The profile with its model (a folder, a hub id or a name) and, if given, its data replaced (checked now)."""
     import dataclasses
 
-    from .config import get_model_spec, get_profile
+    from .catalogue import get_model_spec
+    from .presets import get_profile
 
     profile = get_profile(profile) if isinstance(profile, str) else profile
     changes = dict(data, **({"source": source} if source is not None else {}),

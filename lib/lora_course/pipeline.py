@@ -100,7 +100,7 @@ def run_all(requests: Sequence[tuple[RunConfig, str]], *, retrain: bool = False,
     With the profile's `parallel_runs` above 1, the runs still to train or evaluate go that
     many at a time, each in a process of its own with cores / parallel_runs threads (on 2
     cores, two runs on one thread each train 1.4x and generate 2.3x as fast as one run on
-    two: `config.PROFILES["cpu"]`). Each writes its folder as `run` does, and what it prints
+    two: `presets.PROFILES["cpu"]`). Each writes its folder as `run` does, and what it prints
     is printed here when it ends. The same run on one thread and on two differs only in
     float rounding.
 

@@ -601,8 +601,8 @@ def beside_post(run: Run, evaluation: Evaluation, evidence: str, here: str = "th
     """One experiment: the post's trainable parameters, minutes, verdict and example outputs beside the
     course's parameters, minutes, held-out loss, stop rate, repetition rate and `evidence` (the
     course's counted failures, in words). Rows are the measures; columns the post and `here`."""
-    from .config import PROFILES
     from .post import EPOCHS, EXAMPLES, REPORTED, TRAIN_ROWS
+    from .presets import PROFILES
 
     name = run.config.experiment.name
     if name not in REPORTED:

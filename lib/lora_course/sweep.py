@@ -32,10 +32,11 @@ from typing import Callable, Mapping, Sequence
 
 import pandas as pd
 
-from .config import ALL_LINEAR, ATTENTION_QV, Experiment, LoraSettings, Profile, RunConfig, SweepPoint, noise_seeds
+from .config import RunConfig, SweepPoint, noise_seeds
 from .errors import CourseError
 from .evidence import A_BETTER, B_BETTER, EQUIVALENT, Difference, paired_difference, two_sided
 from .results import Evaluation
+from .settings import ALL_LINEAR, ATTENTION_QV, Experiment, LoraSettings, Profile
 
 POST_ALPHA = 8  # the post's lora_alpha, fixed in all its runs
 SMALL_RANK, LARGE_RANK = 4, 64  # 16 times the rank: the scale at fixed alpha falls 16-fold

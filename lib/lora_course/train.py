@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-from .config import TrainSettings
 from .errors import CourseError
 from .precision import Precision
 from .results import TrainResult
+from .settings import TrainSettings
 
 
 # --------------------------------------------------------------------------- memory
