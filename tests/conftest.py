@@ -18,7 +18,8 @@ def smoke_tokenizer():
 @pytest.fixture(scope="session")
 def smoke_book(tmp_path_factory):
     """Every chapter executed once at the smoke profile, two lanes at once: (output folder, chapters that failed)."""
-    from lora_course.book import chapter_notebooks, run_chapters_side_by_side
+    from lora_course.book import run_chapters_side_by_side
+    from lora_course.chapters import chapter_notebooks
 
     out = tmp_path_factory.mktemp("book")
     return out, run_chapters_side_by_side("smoke", chapter_notebooks(), out, str(out / "results"))

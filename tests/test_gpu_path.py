@@ -269,7 +269,7 @@ def test_device_run_script_runs_the_check_and_chapters_at_the_miniature(tmp_path
 
 def test_chapter_4_recipe_builds_its_trainer_at_the_gpu_settings(tmp_path):
     """eval_strategy="epoch" (gpu's) with no eval_dataset: transformers refuses to build the trainer."""
-    from lora_course.book import glue_text, guard, say, setup_chapter
+    from lora_course.page import glue_text, guard, say, setup_chapter
 
     nb = json.loads((ROOT / "chapters" / "04-experiments.ipynb").read_text())
     cells = [c for c in nb["cells"] if c["cell_type"] == "code"

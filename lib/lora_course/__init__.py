@@ -11,8 +11,9 @@ Modules, roughly bottom-up:
     evidence     evidence (paired differences, verdicts), measured (measurements cached by
                  fingerprint), bench, sweep, memory, budget (the book's workload), timing
     the book     plots, quiet, install (Colab), chapters (the notebooks, by number), claims
-                 (outcome sentences backed), book (papermill + jupyter-book), book_html,
-                 site_check, devicecheck (the gpu path on a GPU machine), cli
+                 (outcome sentences backed), page (what a chapter imports: set-up, glue, guards),
+                 book (papermill + jupyter-book), book_html, site_check, devicecheck (the gpu
+                 path on a GPU machine), cli
 
 Importing the package changes nothing outside it: warning filters and
 environment settings are applied by the chapter set-up and the command line

@@ -51,7 +51,8 @@ def device_run(profile: str, check_profile: str, check_steps: int, budget_s: flo
     import torch
 
     from .bench import environment, train_check
-    from .book import chapter_notebooks, run_chapters
+    from .book import run_chapters
+    from .chapters import chapter_notebooks
     from .presets import get_profile
     from .results import write_json
 
