@@ -169,13 +169,13 @@ def test_a_small_data_file_can_be_fitted_from_the_command_line(tmp_path, capsys)
 
 @pytest.mark.parametrize("name", ["notes.txt", "data/rows.txt", "./rows", "~/missing/rows.csv", "a/b/c"])
 def test_a_missing_path_is_named_as_a_missing_file(name, tmp_path, capsys, monkeypatch):
-    import lora_course.model as model
+    import lora_course.pipeline as pipeline
 
     def no_loading(*args, **kwargs):
         raise AssertionError("a tokenizer or model was loaded before the data source was checked")
 
-    monkeypatch.setattr(model, "load_tokenizer", no_loading)
-    monkeypatch.setattr(model, "load_model", no_loading)
+    monkeypatch.setattr(pipeline, "load_tokenizer", no_loading)
+    monkeypatch.setattr(pipeline, "load_model", no_loading)
     monkeypatch.chdir(tmp_path)
     err = _refused([*TRAIN, "--data", name], tmp_path, capsys)
     assert "does not exist: check the path" in err and "model hub" not in err, err
@@ -189,12 +189,12 @@ def test_a_text_file_is_named_as_the_wrong_format(tmp_path, capsys):
 
 
 def test_ctrl_c_prints_one_line_and_exits_130(tmp_path, capsys, monkeypatch):
-    import lora_course.train as train_mod
+    import lora_course.pipeline as pipeline
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_mod, "train", interrupted)
+    monkeypatch.setattr(pipeline, "train", interrupted)
     code = main([*TRAIN, "--results", str(tmp_path / "results")])
     captured = capsys.readouterr()
     # Progress bars of the data preparation may stand before it; the interruption itself is one line.

@@ -15,6 +15,15 @@ Modules, roughly bottom-up:
                  book (papermill + jupyter-book), book_html, site_check, devicecheck (the gpu
                  path on a GPU machine), cli
 
+Imports stand at the top of each module, except two kinds, kept in the function that needs them:
+(a) torch, transformers, pandas and the library modules that import them, in the modules the
+command line imports at start (cli, catalogue, targets), so that `python -m lora_course --help`
+and `list` stay fast; (b) packages that may be absent: the extras (papermill, jupyter_client and
+IPython of `book`; mlflow, rouge_score and sentence_transformers of `eval`; myst_nb of `colab`;
+selenium of `dev`), bitsandbytes (the float paths run without it), and the Unix-only fcntl and
+resource; (c) transformers and datasets where the chapter set-up (page) would import them before
+it has silenced the warning their import prints in a notebook.
+
 Importing the package changes nothing outside it: warning filters and
 environment settings are applied by the chapter set-up and the command line
 (`lora_course.quiet.install()`).

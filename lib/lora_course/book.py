@@ -19,9 +19,13 @@ import threading
 import time
 from pathlib import Path
 
-from .chapters import CHAPTERS_DIR, chapter_notebooks, select_chapters
+from .chapters import CHAPTERS_DIR, chapter_notebooks, number, prerequisites, select_chapters
+from .claims import require_backed
 from .data import REPO_ROOT
 from .errors import CourseError
+from .install import REPOSITORY
+from .site_check import check_site
+from .timing import TIMES_ENV, totals
 
 BUILD_DIR = REPO_ROOT / "_build"
 SOURCE_COPY = BUILD_DIR / "src"
@@ -78,8 +82,6 @@ def run_chapters_side_by_side(profile: str, chapters: list[Path], out_dir: Path 
     the earliest ready chapter first. For small models, whose chapters spend their time starting
     kernels, importing and in Python. Not for timing claims (each chapter slows the other).
     """
-    from .chapters import number, prerequisites
-
     needs = prerequisites(chapters)
     pending, ended, failed = list(chapters), set(), []
     turn = threading.Condition()
@@ -126,8 +128,6 @@ TIMES_FILE = "chapter-times.json"
 def _record_times(path: Path, profile: str, times: dict[str, float], split: dict[str, dict] | None = None) -> None:
     """Add chapter times (and their split into training, evaluation and other) to the file; several calls
     may share one output folder, so each adds its chapters as they finish."""
-    import json
-
     with _TIMES_LOCK:
         saved = json.loads(path.read_text()) if path.exists() else {}
         if saved.get("profile") != profile:
@@ -151,8 +151,6 @@ def _kernel_recording_to(path: Path):
     side by side in threads each write their own file)."""
     from jupyter_client import AsyncKernelManager
 
-    from .timing import TIMES_ENV
-
     class RecordingKernelManager(AsyncKernelManager):
         async def _async_pre_start_kernel(self, **kw):
             kw["env"] = {**kw.get("env", os.environ), TIMES_ENV: str(path)}
@@ -163,8 +161,6 @@ def _kernel_recording_to(path: Path):
 
 def _shares(record: Path, seconds: float) -> dict[str, float]:
     """A chapter's seconds split into training, evaluation and the rest."""
-    from .timing import totals
-
     split = totals(record)
     split["other"] = round(max(seconds - sum(split.values()), 0.0), 1)
     return split
@@ -172,8 +168,6 @@ def _shares(record: Path, seconds: float) -> dict[str, float]:
 
 def chapter_times_table(path: Path = SOURCE_COPY / TIMES_FILE) -> str:
     """The chapters' times as a text table: seconds, and the share spent training, evaluating and in other cells."""
-    import json
-
     saved = json.loads(Path(path).read_text())
     split = saved.get("split", {})
     lines = [f"chapter times at profile {saved['profile']}:",
@@ -196,8 +190,6 @@ def _row(name: str, seconds: float, parts: dict[str, float]) -> str:
 
 def _hide_injected_parameters(path: Path) -> None:
     """Remove papermill's injected-parameters cell from the rendered page (the page prints its profile)."""
-    import json
-
     nb = json.loads(path.read_text())
     for cell in nb["cells"]:
         tags = cell.get("metadata", {}).get("tags", [])
@@ -220,8 +212,6 @@ def copy_book_sources(out_dir: Path = SOURCE_COPY) -> None:
 def book_config_text() -> str:
     """_config.yml as jupyter-book reads it: the repository's address filled in from pyproject.toml
     (install.REPOSITORY), which is never typed in _config.yml itself."""
-    from .install import REPOSITORY
-
     return (REPO_ROOT / "_config.yml").read_text().replace(REPOSITORY_PLACEHOLDER, REPOSITORY)
 
 
@@ -238,8 +228,6 @@ def build_html(out_dir: Path = SOURCE_COPY) -> None:
 def check_prose(chapters: list[Path] | None = None) -> None:
     """Before anything runs: every outcome sentence of the chapters' prose is glued, guarded or exempt
     (lora_course.claims); otherwise one sentence names the chapter, the cell and the fix."""
-    from .claims import require_backed
-
     require_backed(chapters or chapter_notebooks())
 
 
@@ -321,7 +309,5 @@ def check_book_in_browser(html_dir: Path = HTML_DIR, screenshot: Path = BUILD_DI
     request, console error or internal link that fails (empty when the site
     works). Every chapter page must exist; the first is saved as a screenshot.
     """
-    from .site_check import check_site
-
     chapters = [f"chapters/{nb.stem}.html" for nb in chapter_notebooks()]
     return check_site(html_dir, sub_path, expected=chapters, screenshot=(chapters[0], screenshot) if chapters else None)

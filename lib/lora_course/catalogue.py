@@ -172,6 +172,7 @@ def _looks_like_path(name: str) -> bool:
 
 def check_causal_lm(model_type: str, where: str) -> None:
     """One sentence when transformers has no causal-LM head for `model_type` (e.g. BERT, T5's encoder)."""
+    # Here, not at the top: the command line imports this module at start (MODELS for --help).
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:

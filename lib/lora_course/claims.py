@@ -52,6 +52,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .chapters import chapter_notebooks, select_chapters
 from .errors import CourseError
 
 EXEMPTION_KINDS = ("definition", "fact", "design")
@@ -280,8 +281,6 @@ def require_backed(paths) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .chapters import chapter_notebooks, select_chapters
-
     names = sys.argv[1:] if argv is None else argv
     paths = select_chapters(names) if names else chapter_notebooks()
     findings = check_chapters(paths)

@@ -4,19 +4,27 @@ Under `accelerate launch` (e.g. `accelerate launch --num_processes 2 -m lora_cou
 `python -m lora_course train --processes 2 ...`, which launches it) every process trains on its shard
 of the rows and only the main process writes results. A refusal or an interruption is said once, by
 the first process that meets it; every process that meets one exits with its status (2 or 130).
+
+Each command imports what it runs (torch, transformers, pandas) inside its function, so that --help
+and `list` start without them.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import signal
 import sys
+import threading
+from pathlib import Path
 
+from . import quiet
 from .catalogue import MODELS
 from .config import RunConfig, check_run_name
 from .errors import INTERRUPTED, REFUSED, CourseError
-from .presets import EXPERIMENTS, EXTRA_EXPERIMENTS, PROFILES
+from .presets import EXPERIMENTS, EXTRA_EXPERIMENTS, PROFILES, get_experiment, get_profile
 from .settings import DataSettings, LoraSettings, TrainSettings, parse_setting
 from .targets import TARGET_SETS
 
@@ -171,16 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _exit_on_sigterm() -> None:
     """Turn SIGTERM into SystemExit, so that a process stopped by its launcher (torchrun stops every
     rank when one fails) cleans up like any other failure instead of leaving half a results folder."""
-    import signal
-    import threading
-
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 def main(argv: list[str] | None = None) -> int:
-    from . import quiet
-
     quiet.install()
     _exit_on_sigterm()
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -233,7 +236,6 @@ def _without_processes(train_args: list[str]) -> list[str]:
 def _with_model(profile, model: str | None):
     """The profile with its model replaced by `model` (a folder, a hub id or a registered name), checked now."""
     from .external import with_model_and_data
-    from .presets import get_profile
 
     profile = get_profile(profile) if isinstance(profile, str) else profile
     return profile if model is None else with_model_and_data(profile, model)
@@ -261,7 +263,6 @@ def cmd_params(args) -> int:
 
 def cmd_train(args) -> int:
     from .pipeline import run
-    from .presets import get_experiment, get_profile
 
     if args.name:
         check_run_name(args.name)  # one folder name; only the library nests runs (sweep/<point>)
@@ -360,10 +361,7 @@ def cmd_merge(args) -> int:
 
 
 def _profile_with(args):
-    import dataclasses
-
     from .bench import random_weights
-    from .presets import get_profile
 
     profile = _with_model(get_profile(args.profile), getattr(args, "model", None))
     if getattr(args, "random_weights", False):
@@ -387,7 +385,6 @@ def cmd_bench(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from .presets import get_profile
     from .sweep import SWEEP, run_sweep, sweep_table
 
     table = sweep_table(run_sweep(SWEEP, _with_model(get_profile(args.profile), args.model), args.results))
@@ -396,10 +393,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_train_check(args) -> int:
-    from pathlib import Path
-
     from .bench import describe_utilisation, train_check
-    from .presets import get_profile
     from .results import write_json
 
     report = train_check(get_profile(args.profile), steps=args.steps, results_dir=args.results)
@@ -416,12 +410,9 @@ def cmd_train_check(args) -> int:
 
 def cmd_book(args) -> int:
     from .book import build_book, build_html, copy_book_sources, rebuild_chapters
-    from .presets import get_profile
 
     get_profile(args.profile)
     if args.no_render:
-        from pathlib import Path
-
         from .book import execute_chapters
 
         execute_chapters(args.profile, Path(args.out) if args.out else None, args.results, args.chapter or None,
@@ -437,10 +428,7 @@ def cmd_book(args) -> int:
 
 
 def cmd_device_run(args) -> int:
-    from pathlib import Path
-
     from .devicecheck import device_run
-    from .presets import get_profile
 
     get_profile(args.profile), get_profile(args.check_profile)
     return device_run(args.profile, args.check_profile, args.check_steps, args.budget_s, Path(args.out), Path(args.work),

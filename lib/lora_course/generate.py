@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 from time import perf_counter
 
 import torch
+from transformers import GenerationConfig
 
 from .data import END_MARKER
 from .errors import CourseError
@@ -23,8 +25,6 @@ class Generation:
 
 def wrap(text: str, width: int = 88) -> str:
     """Text broken into lines of at most `width` characters, its own line breaks kept (for printing)."""
-    import textwrap
-
     return "\n".join(textwrap.fill(line, width) if line.strip() else line for line in text.split("\n"))
 
 
@@ -39,8 +39,6 @@ def generation_config(tokenizer, max_new_tokens: int, do_sample: bool = False, s
     Built from scratch rather than from the model's own config, whose sampling
     defaults (temperature, top_p) would only produce warnings under greedy decoding.
     """
-    from transformers import GenerationConfig
-
     return GenerationConfig(
         max_new_tokens=max_new_tokens,
         do_sample=do_sample,

@@ -13,11 +13,19 @@ The book's build (`book`) executes the pages; nothing here knows how.
 from __future__ import annotations
 
 import os
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import torch
+
+from . import quiet
+from .config import RunConfig
 from .data import REPO_ROOT
-from .measured import environment_report
+from .precision import for_profile
+from .presets import get_profile
+from .results import Results
 
 
 @dataclass(frozen=True)
@@ -37,8 +45,6 @@ class ChapterContext:
 
     def config(self, experiment, **overrides):
         """A RunConfig for this page's profile, seed and results folder (see RunConfig.create)."""
-        from .config import RunConfig
-
         return RunConfig.create(experiment, self.profile, seed=overrides.pop("seed", self.seed),
                                 results_dir=self.results_dir, **overrides)
 
@@ -51,18 +57,12 @@ def setup_chapter(profile: str, seed: int = 42, results_dir: str | os.PathLike =
     same place. Prints the stack's versions and one line naming the profile and
     model behind the page's numbers (both also glued for the prose).
     """
-    import random
-
-    import numpy as np
-    import torch
-
-    from . import quiet
-    from .model import check_device
-    from .precision import for_profile
-    from .presets import get_profile
-    from .results import Results
-
     quiet.install()
+    # Only now: these import transformers, which warns in a notebook (tqdm's IProgress) before quiet.install().
+    from .generate import wrap
+    from .measured import environment_report
+    from .model import check_device
+
     prof = get_profile(profile)
     check_device(prof.device)
     _inline_figures()
@@ -77,7 +77,6 @@ def setup_chapter(profile: str, seed: int = 42, results_dir: str | os.PathLike =
     model = spec.shown_name
     glue_text("profile", prof.name)
     glue_text("model", model)
-    from .generate import wrap
 
     print(wrap(", ".join(f"{k} {v}" for k, v in environment_report().items())))
     print(wrap(f"Numbers on this page: profile {prof.name!r}, model {model}, seed {seed}; "

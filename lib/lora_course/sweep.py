@@ -35,6 +35,7 @@ import pandas as pd
 from .config import RunConfig, SweepPoint, noise_seeds
 from .errors import CourseError
 from .evidence import A_BETTER, B_BETTER, EQUIVALENT, Difference, paired_difference, two_sided
+from .pipeline import finished, run_all
 from .results import Evaluation
 from .settings import ALL_LINEAR, ATTENTION_QV, Experiment, LoraSettings, Profile
 
@@ -106,8 +107,6 @@ class PointResult:
 def run_sweep(points: Sequence[SweepPoint], profile: Profile, results_dir="results") -> list[PointResult]:
     """Every point through the pipeline (`pipeline.run_all`: `profile.parallel_runs` at a time), in order;
     each is cached, and a failure is reported with its reason."""
-    from .pipeline import finished, run_all
-
     configs = [point_config(point, profile, results_dir) for point in points]
     cached = [finished(config, "loss") for config in configs]
     runs = run_all([(config, "loss") for config in configs], keep_going=True)
