@@ -43,7 +43,7 @@ from transformers.utils import logging as hf_logging
 from .data import BLOG_PROMPTS, END_MARKER, RESPONSE_SUFFIX, product_prompt
 from .errors import CourseError
 from .evidence import bootstrap_ci
-from .generate import Generation, generate_detailed
+from .generate import Generation, generate_detailed, stopped
 from .measured import measured
 from .model import load_model, load_tokenizer
 from .results import EvalResult, Evaluation, load_evaluation, save_evaluation
@@ -76,11 +76,6 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 
 
 # --------------------------------------------------------------------------- text metrics
-def stopped(raw: str, new_tokens: int, max_new_tokens: int) -> bool:
-    """The generation wrote "### End" or ended before the token limit."""
-    return END_MARKER in raw or new_tokens < max_new_tokens
-
-
 def runs_on(raw: str) -> bool:
     """The generation starts a new block ("### Instruction", "Q:", ...) before any "### End"."""
     return bool(_RUN_ON.search(raw.split(END_MARKER, 1)[0]))
