@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
-from .config import RunConfig
+from .config import DEFAULT_SEED, RunConfig
 from .data import BLOG_PROMPTS, prepare_data, product_prompt, token_lengths
 from .errors import CourseError
 from .generate import check_count
@@ -140,7 +140,7 @@ def random_weights(profile: Profile) -> Profile:
     return dataclasses.replace(profile, model=f"{profile.model}-random")
 
 
-def setting_config(profile: Profile, experiment: str, setting: str, rows: int, results_dir, seed: int = 42) -> RunConfig:
+def setting_config(profile: Profile, experiment: str, setting: str, rows: int, results_dir, seed: int = DEFAULT_SEED) -> RunConfig:
     """One trainer setting as a run: one pass over the first `rows` training rows, nothing else changed."""
     if setting not in TRAINER_SETTINGS:
         raise CourseError(f"Unknown trainer setting {setting!r}: choose from {', '.join(TRAINER_SETTINGS)}.")
@@ -220,7 +220,7 @@ def padded_share(lengths: list[int], order: list[int], batch_size: int) -> float
     return padded / (padded + real)
 
 
-def padding_waste(profile: Profile, seed: int = 42) -> PaddingWaste:
+def padding_waste(profile: Profile, seed: int = DEFAULT_SEED) -> PaddingWaste:
     """What padding costs the profile's training split at its batch size and max_length, counted, not trained.
 
     Each row's length is what the trainer sees: the text's tokens plus the EOS

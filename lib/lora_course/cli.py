@@ -22,7 +22,7 @@ from pathlib import Path
 
 from . import quiet
 from .catalogue import MODELS
-from .config import RunConfig, check_run_name
+from .config import DEFAULT_SEED, RunConfig, check_run_name
 from .errors import INTERRUPTED, REFUSED, CourseError
 from .presets import EXPERIMENTS, EXTRA_EXPERIMENTS, PROFILES, get_experiment, get_profile
 from .settings import DataSettings, LoraSettings, TrainSettings, parse_setting
@@ -74,7 +74,7 @@ def _count(text: str) -> int:
 def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--experiment", required=True, help=f"one of: {', '.join(ALL_EXPERIMENTS)}")
     p.add_argument("--profile", default="cpu", help=f"one of: {', '.join(PROFILES)} (default: cpu)")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
     p.add_argument("--results", default="results", help="results root folder (default: results)")
     p.add_argument("--model", default=None,
                    help="the profile's model replaced by a local folder, a hub id (owner/name) or a registered name")

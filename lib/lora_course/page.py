@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from . import quiet
-from .config import RunConfig
+from .config import DEFAULT_SEED, RunConfig
 from .data import REPO_ROOT
 from .precision import for_profile
 from .presets import get_profile
@@ -49,7 +49,7 @@ class ChapterContext:
                                 results_dir=self.results_dir, **overrides)
 
 
-def setup_chapter(profile: str, seed: int = 42, results_dir: str | os.PathLike = "results") -> ChapterContext:
+def setup_chapter(profile: str, seed: int = DEFAULT_SEED, results_dir: str | os.PathLike = "results") -> ChapterContext:
     """A chapter's set-up: quiet known noise, check the profile, seed everything, find the results.
 
     A relative `results_dir` is taken from the repository root, so a chapter run
