@@ -26,15 +26,16 @@ from .data import REPO_ROOT
 from .precision import for_profile
 from .presets import get_profile
 from .results import Results
+from .settings import Profile
 
 
 @dataclass(frozen=True)
 class ChapterContext:
     """What a chapter's set-up cell resolves: profile, seed, and the results of that profile."""
 
-    profile: object  # lora_course.settings.Profile
+    profile: Profile
     seed: int
-    results: object  # lora_course.results.Results
+    results: Results
 
     @property
     def results_dir(self) -> Path:
