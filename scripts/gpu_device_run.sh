@@ -9,7 +9,7 @@
 # 2. gpu check: the gpu profile's exact trainer on OpenLLaMA-3b-v2's architecture with random
 #    weights, NF4 and int8, CHECK_STEPS optimizer steps each (python -m lora_course train-check);
 # 3. executes every chapter with papermill at profile gpu-device: the gpu profile with the 3B
-#    random-weight model, 72 sample rows and 12 optimizer steps (lora_course.config lists every
+#    random-weight model, 72 sample rows and 12 optimizer steps (lora_course.presets lists every
 #    difference from gpu); chapters share what is left of the budget, and any not started when it
 #    runs out is reported as such.
 # OUT_DIR receives at most 8 files: device-run.json (GPU, versions, each stage's status and

@@ -23,7 +23,8 @@ def mini_book(tmp_path_factory):
     compute, bf16 autocast, evaluation and saving per epoch) and `make book` their cpu path.
     """
     from helpers import MINI
-    from lora_course.book import chapter_notebooks, run_chapters_side_by_side
+    from lora_course.book import run_chapters_side_by_side
+    from lora_course.chapters import chapter_notebooks
 
     out = tmp_path_factory.mktemp("book")
     return out, run_chapters_side_by_side(MINI, chapter_notebooks(), out, str(out / "results"))

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from lora_course.config import TrainSettings
 from lora_course.precision import Precision
 from lora_course.results import TrainResult
+from lora_course.settings import TrainSettings
 from lora_course.train import build_trainer, train
 
 MINI = "gpu-mini"  # the gpu profile in miniature: every gpu branch of every chapter, on a CPU, in minutes

@@ -5,10 +5,11 @@ import dataclasses
 
 import pytest
 
-from lora_course.config import RunConfig, get_profile
+from lora_course.config import RunConfig
 from lora_course.external import write_tiny_checkpoint
 from lora_course.merge import _logits, load_adapter_model, max_logit_difference, merge_adapter
 from lora_course.pipeline import prepare
+from lora_course.presets import get_profile
 from lora_course.train import train
 
 # One of each layout: Llama-style grouped-query attention (Qwen2 and Mistral share its names and are counted in

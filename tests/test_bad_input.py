@@ -9,7 +9,7 @@ import pytest
 
 from lora_course import CourseError, RunConfig
 from lora_course.cli import _parse_sets, main
-from lora_course.config import DataSettings, LoraSettings, Optimizer, Scheduler, TrainSettings
+from lora_course.settings import DataSettings, LoraSettings, Optimizer, Scheduler, TrainSettings
 
 TRAIN = ["train", "--experiment", "qlora-r8-qv", "--profile", "smoke"]
 
@@ -94,7 +94,7 @@ def test_lora_settings_check_target_modules():
 
 
 def test_every_profile_and_saved_config_passes_its_own_checks():
-    from lora_course.config import PROFILES
+    from lora_course.presets import PROFILES
 
     for name in PROFILES:
         cfg = RunConfig.create("qlora-r8-all", name)
@@ -135,8 +135,8 @@ def test_counts_must_be_one_or_more(argv, message, tmp_path, capsys):
 
 def test_library_counts_are_checked_too(smoke_tokenizer):
     from lora_course.bench import bench
-    from lora_course.config import PROFILES
     from lora_course.generate import generate, time_generation
+    from lora_course.presets import PROFILES
 
     with pytest.raises(CourseError, match="max_new_tokens must be a whole number of 1 or more, got 0"):
         generate(None, smoke_tokenizer, "a prompt", max_new_tokens=0)
@@ -169,13 +169,13 @@ def test_a_small_data_file_can_be_fitted_from_the_command_line(tmp_path, capsys)
 
 @pytest.mark.parametrize("name", ["notes.txt", "data/rows.txt", "./rows", "~/missing/rows.csv", "a/b/c"])
 def test_a_missing_path_is_named_as_a_missing_file(name, tmp_path, capsys, monkeypatch):
-    import lora_course.model as model
+    import lora_course.pipeline as pipeline
 
     def no_loading(*args, **kwargs):
         raise AssertionError("a tokenizer or model was loaded before the data source was checked")
 
-    monkeypatch.setattr(model, "load_tokenizer", no_loading)
-    monkeypatch.setattr(model, "load_model", no_loading)
+    monkeypatch.setattr(pipeline, "load_tokenizer", no_loading)
+    monkeypatch.setattr(pipeline, "load_model", no_loading)
     monkeypatch.chdir(tmp_path)
     err = _refused([*TRAIN, "--data", name], tmp_path, capsys)
     assert "does not exist: check the path" in err and "model hub" not in err, err
@@ -189,12 +189,12 @@ def test_a_text_file_is_named_as_the_wrong_format(tmp_path, capsys):
 
 
 def test_ctrl_c_prints_one_line_and_exits_130(tmp_path, capsys, monkeypatch):
-    import lora_course.train as train_mod
+    import lora_course.pipeline as pipeline
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_mod, "train", interrupted)
+    monkeypatch.setattr(pipeline, "train", interrupted)
     code = main([*TRAIN, "--results", str(tmp_path / "results")])
     captured = capsys.readouterr()
     # Progress bars of the data preparation may stand before it; the interruption itself is one line.

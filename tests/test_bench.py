@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from lora_course.bench import TRAINER_SETTINGS, lora_training_flops_per_token, random_weights
-from lora_course.config import PROFILES
 from lora_course.model import count_parameters, load_model, meta_model
+from lora_course.presets import PROFILES
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -63,7 +63,7 @@ def test_select_chapters_by_number_or_name():
     import pytest
 
     from lora_course import CourseError
-    from lora_course.book import chapter_notebooks, select_chapters
+    from lora_course.chapters import chapter_notebooks, select_chapters
 
     all_chapters = chapter_notebooks()
     five = [nb for nb in all_chapters if nb.stem.startswith("05-")]

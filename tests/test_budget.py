@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from lora_course.budget import BUDGET, heldout_rows, workload
-from lora_course.config import get_profile
+from lora_course.presets import get_profile
 from lora_course.sweep import SWEEP
 
 

@@ -10,7 +10,8 @@ import shutil
 import pytest
 
 from helpers import MINI
-from lora_course.book import chapter_notebooks, run_chapters
+from lora_course.book import run_chapters
+from lora_course.chapters import chapter_notebooks
 
 CHAPTERS = chapter_notebooks()
 
@@ -121,7 +122,7 @@ def _recipe_source() -> str:
 
 
 def _run_recipe(source: str, results_dir) -> dict:
-    from lora_course.book import glue_text, guard, say, setup_chapter
+    from lora_course.page import glue_text, guard, say, setup_chapter
 
     namespace = {"SEED": 42, "glue_text": glue_text, "guard": guard, "say": say,
                  "ctx": setup_chapter("smoke", 42, results_dir)}
@@ -136,7 +137,7 @@ def test_the_hand_written_recipe_builds_what_the_library_builds(tmp_path):
 @pytest.mark.parametrize("old, new", [("lora_dropout=0.05", "lora_dropout=0.1"),
                                       ("max_grad_norm=train.max_grad_norm", "max_grad_norm=0.5")])
 def test_the_recipe_check_fails_when_the_twins_part(old, new, tmp_path):
-    from lora_course.book import ClaimError
+    from lora_course.page import ClaimError
 
     source = _recipe_source()
     assert old in source

@@ -9,9 +9,11 @@ import pytest
 
 from lora_course import book
 from lora_course import chapters as chapters_module
-from lora_course.book import chapter_notebooks
+from lora_course.chapters import chapter_notebooks
 from lora_course.claims import MAX_EXEMPTIONS, check_cells, check_chapters, require_backed, split_sentences
+from lora_course.data import REPO_ROOT
 from lora_course.errors import CourseError
+from lora_course.page import shown_path
 
 CHAPTERS = chapter_notebooks()
 
@@ -55,7 +57,7 @@ def test_a_guarded_sentence_passes_and_the_guard_must_cover_the_claim():
     prose = _md("At this scale r = 64 beats r = 8, and training takes longer.")
     guarded = _code('guard(loss64 < loss8, "r = 64 beats r = 8", f"{loss64} against {loss8}")')
     assert [f.words for f in _check(prose, guarded)] == [("longer",)]  # the guard does not quote "longer"
-    both = _code(guarded["source"] + '\nbook.guard(t64 > t8, sentence="training takes longer", evidence="")')
+    both = _code(guarded["source"] + '\npage.guard(t64 > t8, sentence="training takes longer", evidence="")')
     assert _check(prose, both) == []
 
 
@@ -133,5 +135,5 @@ def test_the_build_stops_before_running_a_chapter_with_a_bare_outcome(tmp_path, 
 
 
 def test_the_page_prints_the_results_folder_relative_to_the_repository(tmp_path):
-    assert book.shown_path(book.REPO_ROOT / "results" / "cpu") == "results/cpu"
-    assert book.shown_path(tmp_path) == str(tmp_path)  # outside the repository: as given
+    assert shown_path(REPO_ROOT / "results" / "cpu") == "results/cpu"
+    assert shown_path(tmp_path) == str(tmp_path)  # outside the repository: as given

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from lora_course.config import PROFILES
 from lora_course.model import count_parameters, load_model, load_tokenizer, meta_model
+from lora_course.presets import PROFILES
 
 
 @pytest.fixture(scope="module")

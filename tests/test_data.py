@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 
 from lora_course import CourseError
-from lora_course.config import DataSettings
 from lora_course.data import (
     BLOG_PROMPTS,
     COLUMNS,
@@ -22,6 +21,7 @@ from lora_course.data import (
     load_table,
     prepare_data,
 )
+from lora_course.settings import DataSettings
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from lora_course import evaluate as ev
-from lora_course.config import get_experiment, get_profile
 from lora_course.data import RESPONSE_SUFFIX, prepare_data
 from lora_course.generate import generate_detailed
 from lora_course.lora import attach_lora
 from lora_course.model import load_model, load_tokenizer
 from lora_course.precision import for_profile
+from lora_course.presets import get_experiment, get_profile
 
 EXPERIMENT = {"nf4": "qlora-r8-all", "int8": "lora8bit-r8-all"}
 
@@ -94,18 +94,16 @@ def test_dequantised_weights_are_what_the_layer_multiplies_by(smoke):
 
 
 def test_evaluate_model_generates_on_the_dequantised_nf4_model(smoke, monkeypatch):
-    from lora_course import generate
-
     profile, tok, test = smoke
     model = _adapted(profile, "nf4")
     seen = []
-    real = generate.generate_detailed
+    real = generate_detailed
 
     def spy(m, *args, **kwargs):
         seen.append(len(_quantised_layers(m)))
         return real(m, *args, **kwargs)
 
-    monkeypatch.setattr(generate, "generate_detailed", spy)
+    monkeypatch.setattr(ev, "generate_detailed", spy)
     ev.evaluate_model(model, tok, profile, test.select(range(2)), "nf4-check", kind="full")
     assert seen == [0]  # one generation pass, with no quantised layer left in it
     assert len(_quantised_layers(model)) == 2 * 7  # and the model handed back quantised

@@ -216,12 +216,12 @@ def test_set_names_a_setting_that_does_not_exist(capsys, tmp_path):
 
 
 def test_failed_training_leaves_no_folder(tmp_path, monkeypatch):
-    import lora_course.train as train_mod
+    import lora_course.pipeline as pipeline
 
     def boom(*args, **kwargs):
         raise RuntimeError("simulated crash during training")
 
-    monkeypatch.setattr(train_mod, "train", boom)
+    monkeypatch.setattr(pipeline, "train", boom)
     cfg = RunConfig.create("qlora-r8-qv", "smoke", results_dir=tmp_path)
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(cfg)

@@ -15,7 +15,7 @@ from lora_course import CourseError
 from lora_course import evaluate as ev
 from lora_course.data import DataCard, format_rows, load_table
 from lora_course.evidence import bootstrap_ci
-from lora_course.generate import Generation, cut_response
+from lora_course.generate import Generation, cut_response, stopped
 
 # --------------------------------------------------------------------------- text metrics
 
@@ -27,9 +27,11 @@ AFTER_END = "A smooth mouse.\n### End\n### Instruction:\nDescribe a lamp.\nQ: mo
 
 
 def test_stopped_by_end_marker_or_before_the_limit():
-    assert ev.stopped(CLEAN, new_tokens=16, max_new_tokens=16)
-    assert ev.stopped("A mouse", new_tokens=5, max_new_tokens=16)
-    assert not ev.stopped("A mouse that goes on and on", new_tokens=16, max_new_tokens=16)
+    assert stopped(CLEAN, new_tokens=16, max_new_tokens=16)
+    assert stopped("A mouse", new_tokens=5, max_new_tokens=16)
+    assert not stopped("A mouse that goes on and on", new_tokens=16, max_new_tokens=16)
+    # An EOS as the limit's last token shows only to the generator, which passes it.
+    assert stopped("A mouse that goes on and on", new_tokens=16, max_new_tokens=16, ended_by_eos=True)
 
 
 @pytest.mark.parametrize(
@@ -184,8 +186,8 @@ def test_response_loss_scores_the_tokens_the_trainer_trains_on(rows):
     """With a SentencePiece-style tokenizer (Metaspace, legacy=False, as OpenLLaMA's converts),
     a response tokenized alone starts with a "▁" token that the trainer never sees after the
     prompt. The rows scored must be the trainer's own input_ids, prompt positions masked."""
-    from lora_course.config import get_profile
     from lora_course.model import load_model, load_tokenizer
+    from lora_course.presets import get_profile
 
     prof = get_profile("gpu-mini")
     tok = load_tokenizer(prof)

@@ -6,10 +6,10 @@ import pandas as pd
 import pytest
 
 from lora_course.cli import main
-from lora_course.config import DataSettings
 from lora_course.data import PROMPT_TEMPLATE, RESPONSE_SUFFIX, load_table, prepare_data
 from lora_course.errors import CourseError
 from lora_course.formats import parse_columns
+from lora_course.settings import DataSettings
 
 
 def _alpaca_rows(n=40):

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from lora_course import CourseError
-from lora_course.config import GPU_DEVICE_DIFFERENCES, GPU_MINI_DIFFERENCES, PROFILES, PrecisionSettings
+from lora_course.presets import GPU_DEVICE_DIFFERENCES, GPU_MINI_DIFFERENCES, PROFILES
+from lora_course.settings import PrecisionSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 IDENTITY = {"name", "description"}  # a profile's own name and one-line description
@@ -112,7 +113,7 @@ def test_each_process_loads_onto_its_own_gpu(monkeypatch):
 
 
 def test_random_weights_are_made_in_their_target_dtype_without_a_cast(monkeypatch):
-    from lora_course.config import get_model_spec
+    from lora_course.catalogue import get_model_spec
     from lora_course.model import random_model
 
     def no_cast(self, *args, **kwargs):
@@ -268,7 +269,7 @@ def test_device_run_script_runs_the_check_and_chapters_at_the_miniature(tmp_path
 
 def test_chapter_4_recipe_builds_its_trainer_at_the_gpu_settings(tmp_path):
     """eval_strategy="epoch" (gpu's) with no eval_dataset: transformers refuses to build the trainer."""
-    from lora_course.book import glue_text, guard, say, setup_chapter
+    from lora_course.page import glue_text, guard, say, setup_chapter
 
     nb = json.loads((ROOT / "chapters" / "04-experiments.ipynb").read_text())
     cells = [c for c in nb["cells"] if c["cell_type"] == "code"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from lora_course.config import PROFILES
 from lora_course.install import requirements
+from lora_course.presets import PROFILES
 
 ROOT = Path(__file__).resolve().parents[1]
 # What a Colab runtime already has and the course does not pin: the notebook machinery itself.

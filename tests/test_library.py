@@ -10,7 +10,6 @@ import torch
 
 from helpers import GradientProbe, lora_matrices, train_model
 from lora_course import EXPERIMENTS, PROFILES, CourseError, RunConfig
-from lora_course.config import ALL_LINEAR, ATTENTION_QV, TrainSettings, get_experiment
 from lora_course.data import format_example, prepare_data
 from lora_course.generate import generate
 from lora_course.lora import (
@@ -23,7 +22,9 @@ from lora_course.merge import load_adapter_model, max_logit_difference, merge_an
 from lora_course.model import count_parameters, load_model, meta_model
 from lora_course.pipeline import run
 from lora_course.precision import CPU_FP32
+from lora_course.presets import get_experiment
 from lora_course.results import LatencyRow
+from lora_course.settings import ALL_LINEAR, ATTENTION_QV, TrainSettings
 
 # --------------------------------------------------------------------------- parameter counts
 

@@ -101,12 +101,12 @@ def test_a_run_never_replaces_a_folder_the_course_did_not_make(tmp_path, capsys)
 
 
 def test_a_failed_run_removes_only_the_folder_it_created(tmp_path, monkeypatch):
-    import lora_course.train as train_mod
+    import lora_course.pipeline as pipeline
 
     def boom(*args, **kwargs):
         raise RuntimeError("simulated crash during training")
 
-    monkeypatch.setattr(train_mod, "train", boom)
+    monkeypatch.setattr(pipeline, "train", boom)
     root = tmp_path / "results"
     files = _plant(root)
     # Checkpointing runs create their folder (marked) before training: the failure removes it again.
@@ -192,7 +192,7 @@ def test_any_run_clears_the_scratch_of_killed_runs_in_its_profile(tmp_path, caps
 def test_the_trainer_scratch_of_a_killed_run_is_cleared(tmp_path, monkeypatch):
     import tempfile
 
-    import lora_course.train as train_mod
+    import lora_course.pipeline as pipeline
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     stale = tmp_path / f"{SCRATCH_PREFIX}{_dead_pid()}-xyz"
@@ -201,7 +201,7 @@ def test_the_trainer_scratch_of_a_killed_run_is_cleared(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("trainer set-up failed")
 
-    monkeypatch.setattr(train_mod, "build_trainer", boom)
+    monkeypatch.setattr(pipeline, "build_trainer", boom)
     with pytest.raises(RuntimeError, match="set-up failed"):
         run(RunConfig.create("qlora-r8-qv", "smoke", results_dir=tmp_path / "results"))
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(SCRATCH_PREFIX)]  # neither the stale nor its own

@@ -60,7 +60,6 @@ def test_a_change_to_the_code_it_runs_measures_again_and_other_code_does_not(tmp
 
 
 def test_generations_come_back_the_same_without_generating(tmp_path, monkeypatch, smoke_tokenizer):
-    from lora_course import generate
     from lora_course.model import load_model
 
     model = load_model("smoke-llama")
@@ -73,7 +72,7 @@ def test_generations_come_back_the_same_without_generating(tmp_path, monkeypatch
     def refuse(*args, **kwargs):
         raise AssertionError("generated again")
 
-    monkeypatch.setattr(generate, "generate_detailed", refuse)
+    monkeypatch.setattr(ms, "generate_detailed", refuse)
     again = ms.measured_generations(results, "gens", model, smoke_tokenizer, prompts, 8, model_key=key, stop_strings=())
     assert again == first
     with pytest.raises(AssertionError, match="generated again"):

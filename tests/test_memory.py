@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from lora_course.config import PROFILES
 from lora_course.errors import CourseError
 from lora_course.memory import (
     fp32_share_ideal,
@@ -16,6 +15,7 @@ from lora_course.memory import (
     training_memory,
     weights_footprint,
 )
+from lora_course.presets import PROFILES
 
 
 def test_nf4_bits_per_weight():

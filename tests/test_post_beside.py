@@ -11,10 +11,11 @@ import torch
 
 from lora_course import CourseError, memory, plots
 from lora_course import evaluate as ev
-from lora_course.config import ALL_LINEAR, PROFILES, RunConfig, get_experiment
+from lora_course.config import RunConfig
 from lora_course.lora import attach_lora, count_lora_parameters, parameter_report, trainable_percent
 from lora_course.model import load_model, meta_model
 from lora_course.precision import CPU_FP32
+from lora_course.presets import PROFILES, get_experiment
 from lora_course.results import (
     EvalResult,
     Evaluation,
@@ -26,6 +27,7 @@ from lora_course.results import (
     largest_gap,
     loss_moves,
 )
+from lora_course.settings import ALL_LINEAR, LLM_INT8_THRESHOLD
 
 # --------------------------------------------------------------------------- failure modes
 MOUSE = "Corelogic Smooth Mouse"
@@ -206,7 +208,7 @@ def test_outlier_columns_finds_the_feature_above_the_threshold():
 def test_the_8bit_config_names_the_threshold():
     from lora_course.model import bnb_config
 
-    assert bnb_config("int8", CPU_FP32).llm_int8_threshold == memory.LLM_INT8_THRESHOLD == 6.0
+    assert bnb_config("int8", CPU_FP32).llm_int8_threshold == LLM_INT8_THRESHOLD == 6.0
 
 
 # --------------------------------------------------------------------------- figures

@@ -13,10 +13,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from lora_course import PROFILES, RunConfig
-from lora_course.config import PrecisionSettings
 from lora_course.pipeline import prepare, run
 from lora_course.precision import for_profile, resolve_precision
 from lora_course.results import newest_checkpoint
+from lora_course.settings import PrecisionSettings
 from lora_course.train import trainer_arguments
 
 # Moving data between dtypes is not computing in one (TRL casts the adapter of a quantised

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lora_course.config import PROFILES, get_experiment
 from lora_course.errors import CourseError
+from lora_course.presets import PROFILES, get_experiment
 
 
 # --------------------------------------------------------------------------- model_facts
@@ -52,7 +52,7 @@ def smoke_rows(smoke_tokenizer):
 
 
 def test_untuned_losses_are_paired_and_kept(smoke_rows, tmp_path, monkeypatch):
-    from lora_course import model as model_module
+    from lora_course import evaluate as evaluate_module
     from lora_course.evaluate import untuned_losses
     from lora_course.evidence import describe_penalty, nats, penalty, penalty_table
     from lora_course.results import Results
@@ -80,7 +80,7 @@ def test_untuned_losses_are_paired_and_kept(smoke_rows, tmp_path, monkeypatch):
     def no_loading(*args, **kwargs):
         raise AssertionError("a kept measurement loaded a model")
 
-    monkeypatch.setattr(model_module, "load_model", no_loading)
+    monkeypatch.setattr(evaluate_module, "load_model", no_loading)
     again = untuned_losses(profile, test, results)
     assert {q: e.metric("response_loss") for q, e in again.items()} == losses
     # An evaluation passed in is used as it is, not measured.

@@ -10,9 +10,10 @@ import time
 import pytest
 import torch
 
-from lora_course.config import PROFILES, RunConfig
+from lora_course.config import RunConfig
 from lora_course.errors import CourseError
 from lora_course.pipeline import _longest_first, _planned_steps, run, run_all, threads_per_run
+from lora_course.presets import PROFILES
 from lora_course.timing import TIMES_ENV, totals
 
 SMOKE = PROFILES["smoke"]

@@ -7,9 +7,11 @@ import dataclasses
 import pandas as pd
 import pytest
 
-from lora_course.config import ALL_LINEAR, ATTENTION_QV, PROFILES, Experiment, LoraSettings, SweepPoint
+from lora_course.config import SweepPoint
 from lora_course.errors import CourseError
+from lora_course.presets import PROFILES
 from lora_course.results import Evaluation
+from lora_course.settings import ALL_LINEAR, ATTENTION_QV, Experiment, LoraSettings
 from lora_course.sweep import BASE_POINT, SWEEP, point_config, rank_scale, rank_scale_verdict, run_sweep, sweep_table
 
 

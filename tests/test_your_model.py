@@ -4,8 +4,8 @@ import json
 
 import pytest
 
+from lora_course.catalogue import get_model_spec
 from lora_course.cli import main
-from lora_course.config import get_model_spec
 from lora_course.external import write_tiny_checkpoint
 from lora_course.lora import count_lora_parameters
 from lora_course.model import count_parameters, load_model, load_tokenizer, meta_model, resolve_checkpoint

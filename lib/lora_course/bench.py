@@ -24,15 +24,25 @@ import math
 import os
 import platform
 import re
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from transformers.trainer_pt_utils import get_length_grouped_indices
 
-from .config import Profile, RunConfig, get_experiment
+from .config import DEFAULT_SEED, RunConfig
+from .data import BLOG_PROMPTS, prepare_data, product_prompt, token_lengths
 from .errors import CourseError
+from .generate import check_count
+from .merge import measure_serving_latency
+from .model import architecture_config, count_parameters, load_tokenizer, meta_model
+from .pipeline import run
+from .presets import get_experiment
 from .results import LatencyTable, Results, write_json
+from .settings import Profile
+from .train import AdapterMovement
 
 TRAINER_SETTINGS: dict[str, dict[str, Any]] = {
     # The companion code's trainer: the default collator pads each batch to its
@@ -121,8 +131,6 @@ class BenchResult:
 
 def spread(values: list[float]) -> dict[str, float]:
     """Median, min and max of repeated measurements, the first (warm-up) one left out when there are others."""
-    import statistics
-
     values = values[1:] or values
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
@@ -132,7 +140,7 @@ def random_weights(profile: Profile) -> Profile:
     return dataclasses.replace(profile, model=f"{profile.model}-random")
 
 
-def setting_config(profile: Profile, experiment: str, setting: str, rows: int, results_dir, seed: int = 42) -> RunConfig:
+def setting_config(profile: Profile, experiment: str, setting: str, rows: int, results_dir, seed: int = DEFAULT_SEED) -> RunConfig:
     """One trainer setting as a run: one pass over the first `rows` training rows, nothing else changed."""
     if setting not in TRAINER_SETTINGS:
         raise CourseError(f"Unknown trainer setting {setting!r}: choose from {', '.join(TRAINER_SETTINGS)}.")
@@ -148,10 +156,6 @@ def bench(profile: Profile, experiment: str, *, results_dir="results", rows: int
           settings: tuple[str, ...] = ("blog", "recommended"), latency: bool = True, latency_tokens: int = 32,
           latency_repeats: int = 3, retrain: bool = False) -> BenchResult:
     """Measure training (per trainer setting) and generation latency for one experiment."""
-    from .generate import check_count
-    from .merge import measure_serving_latency
-    from .pipeline import run
-
     rows = profile.bench_rows if rows is None else rows
     check_count("rows", rows)
     if latency:
@@ -170,8 +174,6 @@ def bench(profile: Profile, experiment: str, *, results_dir="results", rows: int
         )
         last = r
     if latency and last is not None:
-        from .data import BLOG_PROMPTS, product_prompt
-
         prompts = [product_prompt(p, c) for p, c in BLOG_PROMPTS[:2]]
         result.latency = measure_serving_latency(profile, last.adapter_dir, prompts, latency_tokens, latency_repeats)
     return result
@@ -218,7 +220,7 @@ def padded_share(lengths: list[int], order: list[int], batch_size: int) -> float
     return padded / (padded + real)
 
 
-def padding_waste(profile: Profile, seed: int = 42) -> PaddingWaste:
+def padding_waste(profile: Profile, seed: int = DEFAULT_SEED) -> PaddingWaste:
     """What padding costs the profile's training split at its batch size and max_length, counted, not trained.
 
     Each row's length is what the trainer sees: the text's tokens plus the EOS
@@ -227,11 +229,6 @@ def padding_waste(profile: Profile, seed: int = 42) -> PaddingWaste:
     post's trainer) and in a random order, both drawn with `seed`. Every padded
     position costs a forward and a backward pass like a real one on a GPU.
     """
-    from transformers.trainer_pt_utils import get_length_grouped_indices
-
-    from .data import prepare_data, token_lengths
-    from .model import load_tokenizer
-
     train = profile.train
     data = prepare_data(profile.data, load_tokenizer(profile), train.max_length)
     lengths = [min(n + 1, train.max_length) for n in token_lengths(data.train["text"], load_tokenizer(profile))]
@@ -252,8 +249,6 @@ def compute_parameters(model_name: str) -> int:
 
     lm_head's product is real work even when its weight is tied to the embedding.
     """
-    from .model import architecture_config, count_parameters, meta_model
-
     cfg = architecture_config(model_name)
     embedding = cfg.vocab_size * cfg.hidden_size
     total = count_parameters(meta_model(model_name))
@@ -308,9 +303,6 @@ def train_check(profile: Profile, experiments: tuple[str, ...] = ("qlora-r8-all"
     moved, peak memory, non-padding tokens/s and utilisation. `ok` is False when
     an adapter froze (in some adapted module under 99% of its lora_A entries moved) or a loss is not finite.
     """
-    from .pipeline import run
-    from .train import AdapterMovement
-
     prof = random_weights(profile)
     # Random weights, offline data: every row of the sample, the profile's split and trainer settings.
     prof = dataclasses.replace(prof, data=dataclasses.replace(prof.data, source=data_source, n_rows=None))

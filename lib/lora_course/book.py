@@ -1,4 +1,4 @@
-"""The book: run every chapter with papermill, render with jupyter-book, check in a browser.
+"""The book's build: run every chapter with papermill, render with jupyter-book, check in a browser.
 
     python -m lora_course book --profile cpu      run chapters, then build the HTML
     python -m lora_course check-book              load every page in headless Chromium
@@ -17,110 +17,21 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from .chapters import CHAPTERS_DIR, chapter_notebooks, select_chapters  # noqa: F401 (chapters import them from here)
+from .chapters import CHAPTERS_DIR, chapter_notebooks, number, prerequisites, select_chapters
+from .claims import require_backed
 from .data import REPO_ROOT
 from .errors import CourseError
-from .measured import environment_report  # noqa: F401 (chapters and the CLI print it from here)
+from .install import REPOSITORY
+from .site_check import check_site
+from .timing import TIMES_ENV, totals
 
 BUILD_DIR = REPO_ROOT / "_build"
 SOURCE_COPY = BUILD_DIR / "src"
 HTML_DIR = SOURCE_COPY / "_build" / "html"
 BOOK_FILES = ("_config.yml", "_toc.yml", "book")
 REPOSITORY_PLACEHOLDER = "REPOSITORY_FROM_PYPROJECT"  # _config.yml's repository url, filled in by copy_book_sources
-
-
-# --------------------------------------------------------------------------- in a chapter
-@dataclass(frozen=True)
-class ChapterContext:
-    """What a chapter's set-up cell resolves: profile, seed, and the results of that profile."""
-
-    profile: object  # lora_course.config.Profile
-    seed: int
-    results: object  # lora_course.results.Results
-
-    @property
-    def results_dir(self) -> Path:
-        return self.results.root
-
-    def figure_path(self, name: str) -> Path:
-        return self.results.figure(name)
-
-    def config(self, experiment, **overrides):
-        """A RunConfig for this page's profile, seed and results folder (see RunConfig.create)."""
-        from .config import RunConfig
-
-        return RunConfig.create(experiment, self.profile, seed=overrides.pop("seed", self.seed),
-                                results_dir=self.results_dir, **overrides)
-
-
-def setup_chapter(profile: str, seed: int = 42, results_dir: str | os.PathLike = "results") -> ChapterContext:
-    """A chapter's set-up: quiet known noise, check the profile, seed everything, find the results.
-
-    A relative `results_dir` is taken from the repository root, so a chapter run
-    from chapters/ (Jupyter), from the root (papermill) or in Colab writes to the
-    same place. Prints the stack's versions and one line naming the profile and
-    model behind the page's numbers (both also glued for the prose).
-    """
-    import random
-
-    import numpy as np
-    import torch
-
-    from . import quiet
-    from .config import get_profile
-    from .model import check_device
-    from .precision import for_profile
-    from .results import Results
-
-    quiet.install()
-    prof = get_profile(profile)
-    check_device(prof.device)
-    _inline_figures()
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    root = Path(results_dir)
-    if not root.is_absolute():
-        root = REPO_ROOT / root
-    ctx = ChapterContext(prof, seed, Results(root, prof.name))
-    spec = prof.model_spec
-    model = spec.shown_name
-    glue_text("profile", prof.name)
-    glue_text("model", model)
-    from .generate import wrap
-
-    print(wrap(", ".join(f"{k} {v}" for k, v in environment_report().items())))
-    print(wrap(f"Numbers on this page: profile {prof.name!r}, model {model}, seed {seed}; "
-               f"precision {for_profile(prof).describe()}; results in {shown_path(ctx.results.dir)}"))
-    return ctx
-
-
-def shown_path(path: str | os.PathLike) -> str:
-    """A path as a page prints it: relative to the repository when inside it (the same on every machine that
-    builds the book), else as given."""
-    path = Path(path)
-    try:
-        return path.resolve().relative_to(REPO_ROOT.resolve()).as_posix()
-    except ValueError:
-        return str(path)
-
-
-def _inline_figures() -> None:
-    """In a notebook, show the Figures that lora_course.plots returns as images.
-
-    The plots are built without pyplot, so nothing registers matplotlib's image
-    display in the kernel unless the inline backend is switched on here.
-    """
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return
-    shell = get_ipython()
-    if shell is not None and hasattr(shell, "kernel"):  # a notebook kernel, not a plain Python process
-        shell.run_line_magic("matplotlib", "inline")
 
 
 # --------------------------------------------------------------------------- running
@@ -171,8 +82,6 @@ def run_chapters_side_by_side(profile: str, chapters: list[Path], out_dir: Path 
     the earliest ready chapter first. For small models, whose chapters spend their time starting
     kernels, importing and in Python. Not for timing claims (each chapter slows the other).
     """
-    from .chapters import number, prerequisites
-
     needs = prerequisites(chapters)
     pending, ended, failed = list(chapters), set(), []
     turn = threading.Condition()
@@ -219,8 +128,6 @@ TIMES_FILE = "chapter-times.json"
 def _record_times(path: Path, profile: str, times: dict[str, float], split: dict[str, dict] | None = None) -> None:
     """Add chapter times (and their split into training, evaluation and other) to the file; several calls
     may share one output folder, so each adds its chapters as they finish."""
-    import json
-
     with _TIMES_LOCK:
         saved = json.loads(path.read_text()) if path.exists() else {}
         if saved.get("profile") != profile:
@@ -244,8 +151,6 @@ def _kernel_recording_to(path: Path):
     side by side in threads each write their own file)."""
     from jupyter_client import AsyncKernelManager
 
-    from .timing import TIMES_ENV
-
     class RecordingKernelManager(AsyncKernelManager):
         async def _async_pre_start_kernel(self, **kw):
             kw["env"] = {**kw.get("env", os.environ), TIMES_ENV: str(path)}
@@ -256,8 +161,6 @@ def _kernel_recording_to(path: Path):
 
 def _shares(record: Path, seconds: float) -> dict[str, float]:
     """A chapter's seconds split into training, evaluation and the rest."""
-    from .timing import totals
-
     split = totals(record)
     split["other"] = round(max(seconds - sum(split.values()), 0.0), 1)
     return split
@@ -265,8 +168,6 @@ def _shares(record: Path, seconds: float) -> dict[str, float]:
 
 def chapter_times_table(path: Path = SOURCE_COPY / TIMES_FILE) -> str:
     """The chapters' times as a text table: seconds, and the share spent training, evaluating and in other cells."""
-    import json
-
     saved = json.loads(Path(path).read_text())
     split = saved.get("split", {})
     lines = [f"chapter times at profile {saved['profile']}:",
@@ -289,8 +190,6 @@ def _row(name: str, seconds: float, parts: dict[str, float]) -> str:
 
 def _hide_injected_parameters(path: Path) -> None:
     """Remove papermill's injected-parameters cell from the rendered page (the page prints its profile)."""
-    import json
-
     nb = json.loads(path.read_text())
     for cell in nb["cells"]:
         tags = cell.get("metadata", {}).get("tags", [])
@@ -313,8 +212,6 @@ def copy_book_sources(out_dir: Path = SOURCE_COPY) -> None:
 def book_config_text() -> str:
     """_config.yml as jupyter-book reads it: the repository's address filled in from pyproject.toml
     (install.REPOSITORY), which is never typed in _config.yml itself."""
-    from .install import REPOSITORY
-
     return (REPO_ROOT / "_config.yml").read_text().replace(REPOSITORY_PLACEHOLDER, REPOSITORY)
 
 
@@ -331,8 +228,6 @@ def build_html(out_dir: Path = SOURCE_COPY) -> None:
 def check_prose(chapters: list[Path] | None = None) -> None:
     """Before anything runs: every outcome sentence of the chapters' prose is glued, guarded or exempt
     (lora_course.claims); otherwise one sentence names the chapter, the cell and the fix."""
-    from .claims import require_backed
-
     require_backed(chapters or chapter_notebooks())
 
 
@@ -390,7 +285,7 @@ def execute_chapters(profile: str, out_dir: Path | None = None, results_dir: str
     """Execute every chapter (or the named ones) at `profile` into out_dir (default _build/executed-<profile>/),
     no rendering; `side_by_side` runs two at a time (`run_chapters_side_by_side`).
 
-    For checking that a profile's path runs (CI runs gpu-mini this way); the rendered
+    For checking that a profile's path runs (`make book-gpu-mini`; the tests execute gpu-mini their own way); the rendered
     book in _build/src/ is left alone. Fails naming the chapters that failed.
     """
     chapters = select_chapters(names) if names else chapter_notebooks()
@@ -414,37 +309,5 @@ def check_book_in_browser(html_dir: Path = HTML_DIR, screenshot: Path = BUILD_DI
     request, console error or internal link that fails (empty when the site
     works). Every chapter page must exist; the first is saved as a screenshot.
     """
-    from .site_check import check_site
-
     chapters = [f"chapters/{nb.stem}.html" for nb in chapter_notebooks()]
     return check_site(html_dir, sub_path, expected=chapters, screenshot=(chapters[0], screenshot) if chapters else None)
-
-
-# --------------------------------------------------------------------------- glue and claims
-class ClaimError(AssertionError):
-    """A sentence of the book that the data contradict."""
-
-
-def glue_text(name: str, value, fmt: str = "{}") -> None:
-    """Glue `value`, formatted with `fmt`, for use as {glue:text}`name` in a chapter's prose.
-
-    Every number in the prose comes through here, so it is the value the
-    notebook computed, formatted once.
-    """
-    from myst_nb import glue
-
-    # Glued as a str: its text form is the quoted repr, which {glue:text} unquotes
-    # (a bare 21,183 would be read back as the tuple (21, 183)).
-    glue(name, fmt.format(value), display=False)
-
-
-def say(name: str, condition: bool, if_true: str, if_false: str) -> None:
-    """Glue the sentence the data support: an outcome in the prose is computed, never typed."""
-    glue_text(name, if_true if condition else if_false)
-
-
-def guard(condition: bool, sentence: str, evidence: str) -> None:
-    """Stop the build when the data contradict a sentence written in the page's prose."""
-    if not condition:
-        raise ClaimError(f"The page says: {sentence!r}, but the data disagree ({evidence}). "
-                         "Fix the prose or find out what changed in the results.")

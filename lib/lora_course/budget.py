@@ -12,8 +12,11 @@ measured again and raised on purpose.
 
 from __future__ import annotations
 
-from .config import EXPERIMENTS, EXTRA_EXPERIMENTS, QUANTIZATIONS, Profile
-from .data import BLOG_PROMPTS
+import math
+
+from .data import BLOG_PROMPTS, load_table
+from .presets import EXPERIMENTS, EXTRA_EXPERIMENTS
+from .settings import QUANTIZATIONS, Profile
 from .sweep import NOISE_SEEDS, SWEEP
 
 # The `cpu` profile's workload when the chapters were timed at 57.8 min on an AVX2-only 2-core machine
@@ -40,13 +43,10 @@ def heldout_rows(profile: Profile) -> int:
     settings = profile.data
     if settings.test_size >= 1:
         return int(settings.test_size)
-    from .data import load_table
 
     rows = len(load_table(settings.source))
     rows = rows if settings.n_rows is None else min(rows, settings.n_rows)
     # datasets' train_test_split rounds a share of the rows up.
-    import math
-
     return math.ceil(settings.test_size * rows)
 
 

@@ -10,7 +10,7 @@ references, inline code, roles, math, link targets and quotations masked) holds 
 comparison, a multiple, a share or a direction: "more", "faster", "than",
 "5x", "3 times", "12%", "rises", "helps", "no difference" and the like (see
 OUTCOME). Words inside a glued value are not typed: a verdict glued with
-`book.say` or a number glued with `book.glue_text` is computed by the page.
+`page.say` or a number glued with `page.glue_text` is computed by the page.
 A glued number does not vouch for the words typed around it ("moved the loss
 by {glue:text}`x` nats, more than any other knob" is flagged): the typed
 "more than" is the claim. Text in double quotes is a quotation (the post's
@@ -52,6 +52,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .chapters import chapter_notebooks, select_chapters
 from .errors import CourseError
 
 EXEMPTION_KINDS = ("definition", "fact", "design")
@@ -280,8 +281,6 @@ def require_backed(paths) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .chapters import chapter_notebooks, select_chapters
-
     names = sys.argv[1:] if argv is None else argv
     paths = select_chapters(names) if names else chapter_notebooks()
     findings = check_chapters(paths)

@@ -4,28 +4,28 @@ Under `accelerate launch` (e.g. `accelerate launch --num_processes 2 -m lora_cou
 `python -m lora_course train --processes 2 ...`, which launches it) every process trains on its shard
 of the rows and only the main process writes results. A refusal or an interruption is said once, by
 the first process that meets it; every process that meets one exits with its status (2 or 130).
+
+Each command imports what it runs (torch, transformers, pandas) inside its function, so that --help
+and `list` start without them.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import signal
 import sys
+import threading
+from pathlib import Path
 
-from .config import (
-    EXPERIMENTS,
-    EXTRA_EXPERIMENTS,
-    MODELS,
-    PROFILES,
-    DataSettings,
-    LoraSettings,
-    RunConfig,
-    TrainSettings,
-    check_run_name,
-    parse_setting,
-)
+from . import quiet
+from .catalogue import MODELS
+from .config import DEFAULT_SEED, RunConfig, check_run_name
 from .errors import INTERRUPTED, REFUSED, CourseError
+from .presets import EXPERIMENTS, EXTRA_EXPERIMENTS, PROFILES, get_experiment, get_profile
+from .settings import DataSettings, LoraSettings, TrainSettings, parse_setting
 from .targets import TARGET_SETS
 
 ALL_EXPERIMENTS = {**EXPERIMENTS, **EXTRA_EXPERIMENTS}
@@ -74,7 +74,7 @@ def _count(text: str) -> int:
 def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--experiment", required=True, help=f"one of: {', '.join(ALL_EXPERIMENTS)}")
     p.add_argument("--profile", default="cpu", help=f"one of: {', '.join(PROFILES)} (default: cpu)")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
     p.add_argument("--results", default="results", help="results root folder (default: results)")
     p.add_argument("--model", default=None,
                    help="the profile's model replaced by a local folder, a hub id (owner/name) or a registered name")
@@ -179,16 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _exit_on_sigterm() -> None:
     """Turn SIGTERM into SystemExit, so that a process stopped by its launcher (torchrun stops every
     rank when one fails) cleans up like any other failure instead of leaving half a results folder."""
-    import signal
-    import threading
-
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 def main(argv: list[str] | None = None) -> int:
-    from . import quiet
-
     quiet.install()
     _exit_on_sigterm()
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -240,7 +235,6 @@ def _without_processes(train_args: list[str]) -> list[str]:
 
 def _with_model(profile, model: str | None):
     """The profile with its model replaced by `model` (a folder, a hub id or a registered name), checked now."""
-    from .config import get_profile
     from .external import with_model_and_data
 
     profile = get_profile(profile) if isinstance(profile, str) else profile
@@ -268,7 +262,6 @@ def cmd_params(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .config import get_experiment, get_profile
     from .pipeline import run
 
     if args.name:
@@ -368,10 +361,7 @@ def cmd_merge(args) -> int:
 
 
 def _profile_with(args):
-    import dataclasses
-
     from .bench import random_weights
-    from .config import get_profile
 
     profile = _with_model(get_profile(args.profile), getattr(args, "model", None))
     if getattr(args, "random_weights", False):
@@ -395,7 +385,6 @@ def cmd_bench(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from .config import get_profile
     from .sweep import SWEEP, run_sweep, sweep_table
 
     table = sweep_table(run_sweep(SWEEP, _with_model(get_profile(args.profile), args.model), args.results))
@@ -404,10 +393,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_train_check(args) -> int:
-    from pathlib import Path
-
     from .bench import describe_utilisation, train_check
-    from .config import get_profile
     from .results import write_json
 
     report = train_check(get_profile(args.profile), steps=args.steps, results_dir=args.results)
@@ -424,12 +410,9 @@ def cmd_train_check(args) -> int:
 
 def cmd_book(args) -> int:
     from .book import build_book, build_html, copy_book_sources, rebuild_chapters
-    from .config import get_profile
 
     get_profile(args.profile)
     if args.no_render:
-        from pathlib import Path
-
         from .book import execute_chapters
 
         execute_chapters(args.profile, Path(args.out) if args.out else None, args.results, args.chapter or None,
@@ -445,9 +428,6 @@ def cmd_book(args) -> int:
 
 
 def cmd_device_run(args) -> int:
-    from pathlib import Path
-
-    from .config import get_profile
     from .devicecheck import device_run
 
     get_profile(args.profile), get_profile(args.check_profile)

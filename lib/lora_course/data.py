@@ -11,6 +11,7 @@ The pipeline, top-down:
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,8 +19,9 @@ from typing import Any
 
 import pandas as pd
 
-from .config import DataSettings
 from .errors import CourseError
+from .formats import SHAPES, shape_rows
+from .settings import DataSettings
 
 COLUMNS = ("product", "category", "description")
 HUB_DATASET_ID = "xiyuez/red-dot-design-award-product-description"
@@ -200,8 +202,6 @@ def _first_line(exc: BaseException) -> str:
 
 def _read_json(path: Path, lines: bool) -> pd.DataFrame:
     """JSON Lines (one object per line) or a JSON array; a broken line is named by its number."""
-    import json
-
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
@@ -228,6 +228,8 @@ def _read_json(path: Path, lines: bool) -> pd.DataFrame:
 
 
 def _load_hub(dataset_id: str) -> pd.DataFrame:
+    # Here, not at the top: in a notebook, importing datasets or huggingface_hub warns (tqdm's IProgress)
+    # unless quiet.install() ran first, and the chapter set-up imports this module before it runs it.
     import datasets
     from huggingface_hub import constants
 
@@ -332,9 +334,7 @@ def prepare_data(
     tokens are counted; `settings.overlong` decides whether they are dropped or
     left for the trainer to truncate.
     """
-    import datasets
-
-    from .formats import SHAPES, shape_rows
+    import datasets  # after the chapter set-up, as in _load_hub
 
     df = load_table(settings.source) if table is None else table
     # The post's product rows, Alpaca rows, prompt/completion pairs, or a table with a column mapping.
@@ -385,7 +385,7 @@ def prepare_data(
 
 
 def held_out(profile, tokenizer) -> Any:
-    """The held-out rows of `profile` (a `config.Profile`): the ones every run of it is scored on, split as its
+    """The held-out rows of `profile` (a `settings.Profile`): the ones every run of it is scored on, split as its
     runs split their data."""
     return prepare_data(profile.data, tokenizer, profile.train.max_length).test
 

@@ -16,6 +16,14 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from .bench import environment, train_check
+from .book import run_chapters
+from .chapters import chapter_notebooks
+from .presets import get_profile
+from .results import write_json
+
 # What the chapters import beyond torch and the Python standard library: the log names each
 # one the machine lacks before anything runs.
 CHAPTER_MODULES = ("transformers", "peft", "accelerate", "trl", "bitsandbytes", "datasets", "pandas", "pyarrow",
@@ -48,13 +56,6 @@ def device_run(profile: str, check_profile: str, check_steps: int, budget_s: flo
     `chapters` keeps only the chapters whose file names start with one of these prefixes ("01", ...);
     empty runs them all.
     """
-    import torch
-
-    from .bench import environment, train_check
-    from .book import chapter_notebooks, run_chapters
-    from .config import get_profile
-    from .results import write_json
-
     start = time.perf_counter()
     out, work = Path(out), Path(work)
     out.mkdir(parents=True, exist_ok=True)

@@ -15,12 +15,24 @@ off for the comparison: each process draws its own dropout masks).
 
 from __future__ import annotations
 
+import logging
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CourseError
+import torch.distributed.run  # noqa: F401  (creates the launcher's loggers, which launch quietens)
+from accelerate.commands.launch import launch_command as accelerate_launch
+from accelerate.commands.launch import launch_command_parser
+from torch.distributed.elastic.multiprocessing.api import SignalException
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+from .config import RunConfig
+from .errors import INTERRUPTED, REFUSED, CourseError
+from .pipeline import run
+from .presets import get_experiment
+from .results import load_run
 
 
 def launch_command(processes: int, train_args: list[str]) -> list[str]:
@@ -36,17 +48,6 @@ def launch(processes: int, train_args: list[str]) -> int:
     cli.say_once) and exits 2 or 130: that status is returned as it is. Any other failure of a process
     (a crash, whose traceback that process printed, or a signal) becomes one CourseError here.
     """
-    import logging
-    import signal
-
-    import torch.distributed.run  # noqa: F401  (creates the launcher's loggers, quietened below)
-    from accelerate.commands.launch import launch_command as accelerate_launch
-    from accelerate.commands.launch import launch_command_parser
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-
-    from .errors import INTERRUPTED, REFUSED
-
     args = launch_command_parser().parse_args(
         ["--multi_gpu", "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
          "--dynamo_backend", "no", "-m", "lora_course", "train", *train_args])
@@ -97,9 +98,6 @@ def compare_process_counts(profile: str, results_dir: str | Path, processes: int
     `steps` should stay within the first epoch of the profile's training rows:
     past it, the processes' data shards are padded differently from one process's batches.
     """
-    from .config import RunConfig, get_experiment
-    from .pipeline import run
-
     results_dir = Path(results_dir)
     exp = get_experiment(experiment).with_lora(lora_dropout=0.0)
     one = RunConfig.create(exp, profile, results_dir=results_dir, name=ONE, max_steps=steps,
@@ -120,8 +118,6 @@ ONE, MANY = "ddp-one-process", "ddp-{}-processes"  # run folders under results/<
 
 def load_comparison(results_dir: str | Path, profile: str, processes: int = 2) -> ProcessComparison:
     """The comparison from the two finished runs on disk; times are the trainers' own training time."""
-    from .results import load_run
-
     folder = Path(results_dir) / profile
     runs = {}
     for label, name in (("one", ONE), ("many", MANY.format(processes))):

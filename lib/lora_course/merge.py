@@ -16,11 +16,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from peft import PeftModel
+from torch import nn
+from transformers import AutoModelForCausalLM
 
-from .config import ModelSpec, Profile
+from .catalogue import ModelSpec
 from .errors import CourseError
+from .evaluate import _dequantised_weight
+from .generate import cut_response, generation_config, time_generation
+from .lora import cast_adapter
+from .model import device_map, load_model, load_tokenizer, no_progress_bar, precision_of
 from .precision import Precision
-from .results import LatencyRow, LatencyTable
+from .results import LatencyRow, LatencyTable, atomic_dir, check_replaceable
+from .settings import Profile
 
 
 def load_adapter_model(model: str | ModelSpec | Profile, adapter_dir: str | Path, quantization: str = "none",
@@ -46,8 +54,6 @@ def untie_lm_head(peft_model) -> bool:
     and the merged model would no longer compute what the adapter model did.
     Returns True when a weight was untied.
     """
-    from torch import nn
-
     base = peft_model.get_base_model()
     head = base.get_output_embeddings()
     head = getattr(head, "base_layer", head)  # inside PEFT's LoRA wrapper
@@ -130,8 +136,6 @@ def merge_and_check(model: str | ModelSpec | Profile, adapter_dir: str | Path, t
     folded into quantised weights and quantised again. The unmerged reference is
     a second, separate load in the same quantisation.
     """
-    from .model import load_tokenizer
-
     tokenizer = load_tokenizer(model)
     reference = load_adapter_model(model, adapter_dir, quantization, precision)
     merged = merge_adapter(load_adapter_model(model, adapter_dir, quantization, precision))
@@ -155,9 +159,6 @@ def dequantised_base(model: str | ModelSpec | Profile, quantization: str = "nf4"
     float load's own, which are the same weights.
     """
     import bitsandbytes as bnb
-
-    from .evaluate import _dequantised_weight
-    from .model import load_model, precision_of
 
     if quantization != "nf4":
         raise CourseError(f"dequantised_base takes quantization 'nf4', not {quantization!r}: an 8-bit layer also "
@@ -184,11 +185,6 @@ def merge_dequantised(model: str | ModelSpec | Profile, adapter_dir: str | Path,
     """The standard QLoRA merge: the NF4 base dequantised to float (`dequantised_base`), the adapter
     attached and merged there. The merged model computes what the adapter on the 4-bit base did,
     up to rounding in the float dtype; returns a plain transformers model."""
-    from peft import PeftModel
-
-    from .lora import cast_adapter
-    from .model import precision_of
-
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").exists():
         raise CourseError(f"No adapter in {adapter_dir}: train the experiment first (python -m lora_course train ...).")
@@ -271,8 +267,6 @@ MERGED_FIX = "give --out a new or empty folder (an earlier merged model there is
 
 def check_merged_out(out_dir: str | Path) -> None:
     """Refuse, before any model loads, an output folder that holds anything but an earlier merged model."""
-    from .results import check_replaceable
-
     check_replaceable(out_dir, "merged", MERGED_FIX)
 
 
@@ -282,9 +276,6 @@ def save_merged(merged_model, tokenizer, out_dir: str | Path) -> Path:
     `out_dir` must be new, empty or an earlier merged model (which is replaced); files are
     written with the process's umask, so a shared folder stays readable by others.
     """
-    from .model import no_progress_bar
-    from .results import atomic_dir
-
     out_dir = Path(out_dir)
     with atomic_dir(out_dir, "merged", MERGED_FIX) as tmp, no_progress_bar():
         merged_model.save_pretrained(tmp)
@@ -296,10 +287,6 @@ def load_merged(folder: str | Path, precision: Precision | None = None):
     """A saved merged model, loaded as a plain transformers model (no PEFT involved), in the dtype
     it was saved in; with `precision`, straight onto its device (a 3B model is 6.9 GB in bf16:
     a CPU copy on the way would not fit beside the others in Colab's RAM)."""
-    from transformers import AutoModelForCausalLM
-
-    from .model import device_map, no_progress_bar
-
     kwargs = {"dtype": "auto"}
     if precision is not None:
         kwargs["device_map"] = device_map(precision)
@@ -311,11 +298,6 @@ def load_merged(folder: str | Path, precision: Precision | None = None):
 def load_adapters(model: str | ModelSpec | Profile, adapters: dict[str, str | Path], quantization: str = "none",
                   precision: Precision | None = None):
     """One base model carrying several named adapters (none merged)."""
-    from peft import PeftModel
-
-    from .lora import cast_adapter
-    from .model import load_model, precision_of
-
     names = list(adapters)
     for name, folder in adapters.items():
         if not (Path(folder) / "adapter_config.json").exists():
@@ -333,8 +315,6 @@ def load_adapters(model: str | ModelSpec | Profile, adapters: dict[str, str | Pa
 @torch.no_grad()
 def generate_mixed(multi_model, tokenizer, prompts: list[str], adapter_names: list[str], max_new_tokens: int = 64) -> list[str]:
     """One batch where row i uses adapter `adapter_names[i]` ("__base__" for no adapter)."""
-    from .generate import cut_response, generation_config
-
     if len(prompts) != len(adapter_names):
         raise CourseError(f"{len(prompts)} prompts but {len(adapter_names)} adapter names: give one name per prompt.")
     side = tokenizer.padding_side
@@ -365,9 +345,6 @@ def measure_serving_latency(profile: Profile, adapter_dir: str | Path, prompts: 
     its row pools both: a machine whose speed drifts during the measurement
     widens the base's spread instead of favouring whichever model ran first.
     """
-    from .generate import time_generation
-    from .model import load_model, load_tokenizer
-
     tokenizer = load_tokenizer(profile)
     makers = {
         "base": lambda: load_model(profile, "none"),

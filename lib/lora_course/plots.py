@@ -17,8 +17,10 @@ from typing import Any, Mapping
 
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.patches import FancyArrowPatch, Rectangle
 
 from .errors import CourseError
+from .memory import nf4_levels, nf4_merge
 
 # One colour per run family, decided here so that every chapter draws a run in the same colour.
 COLOURS: dict[str, str] = {
@@ -256,8 +258,6 @@ def lora_bypass(d_in: int = 64, d_out: int = 64, r: int = 8, lora_alpha: float =
                 path: str | os.PathLike | None = None) -> Figure:
     """The LoRA layer as a drawing: the frozen W (d_out x d_in) beside the low-rank path A (r x d_in),
     then B (d_out x r), scaled by lora_alpha / r and added to W x. Box sizes follow the shapes."""
-    from matplotlib.patches import FancyArrowPatch, Rectangle
-
     if not 0 < r <= min(d_in, d_out):
         raise CourseError(f"r = {r} must lie between 1 and the smaller of d_in = {d_in} and d_out = {d_out}.")
     fig = Figure(figsize=(7, 4.2))
@@ -302,8 +302,6 @@ def update_against_grid(absmax: float, weight: float, update: float,
     """A small update to one weight of an NF4 block with scale `absmax` (see memory.nf4_merge): the
     values the block can hold, the stored weight, the weight after merging the update into the grid
     (back on its own level when the update is under half a gap), and the exact sum kept in the adapter."""
-    from .memory import nf4_levels, nf4_merge
-
     m = nf4_merge(absmax, weight, update)
     stored, merged, kept = m["stored"], m["merged"], m["kept"]
     span = max(m["gap"], 4 * abs(update)) * 1.3
@@ -334,8 +332,6 @@ def sharding_concept(gpus: int = 4, path: str | os.PathLike | None = None) -> Fi
     every GPU (a full replica); FSDP fills one piece per row (GPU k holds shard k)
     and gathers a block's parameters from the others only while that block computes.
     """
-    from matplotlib.patches import Rectangle
-
     if gpus < 2:
         raise CourseError(f"A sharding drawing needs 2 GPUs or more, not {gpus}: pass gpus=2 or more.")
     parts = ("parameters", "gradients", "optimizer state")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import PrecisionSettings
+from .settings import PrecisionSettings
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "uint8": torch.uint8}
 

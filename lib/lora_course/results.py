@@ -35,6 +35,8 @@ import pandas as pd
 
 from .config import RunConfig
 from .errors import CourseError
+from .post import EPOCHS, EXAMPLES, REPORTED, TRAIN_ROWS
+from .presets import PROFILES
 
 EVAL_FILE = "eval.json"
 ADAPTER_DIR = "adapter"  # inside a run's folder
@@ -601,9 +603,6 @@ def beside_post(run: Run, evaluation: Evaluation, evidence: str, here: str = "th
     """One experiment: the post's trainable parameters, minutes, verdict and example outputs beside the
     course's parameters, minutes, held-out loss, stop rate, repetition rate and `evidence` (the
     course's counted failures, in words). Rows are the measures; columns the post and `here`."""
-    from .config import PROFILES
-    from .post import EPOCHS, EXAMPLES, REPORTED, TRAIN_ROWS
-
     name = run.config.experiment.name
     if name not in REPORTED:
         raise CourseError(f"The post reports no run {name!r}: choose one of {', '.join(REPORTED)}.")

@@ -29,10 +29,12 @@ import os
 import re
 import shutil
 import threading
+import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .data import REPO_ROOT
 from .errors import CourseError
 
 # Folders of a Sphinx build that hold assets, not pages (their .html files are template fragments).
@@ -41,8 +43,6 @@ ASSET_DIRS = ("_static", "_sources", "_images")
 
 def default_sub_path() -> str:
     """The sub-path Pages would use: the repository's name in GitHub Actions, else the checkout's folder name."""
-    from .data import REPO_ROOT
-
     name = os.environ.get("GITHUB_REPOSITORY", "").rpartition("/")[2] or REPO_ROOT.name
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "book"
 
@@ -216,8 +216,6 @@ return {links: links, broken_images: broken, traceback: traceback};
 
 def _page_facts(driver, tries: int = 3) -> dict:
     """Links, broken images, a traceback shown: read from the page on screen (again, if it redirected)."""
-    import time
-
     from selenium.common.exceptions import WebDriverException
 
     for attempt in range(tries):

@@ -32,10 +32,12 @@ from typing import Callable, Mapping, Sequence
 
 import pandas as pd
 
-from .config import ALL_LINEAR, ATTENTION_QV, Experiment, LoraSettings, Profile, RunConfig, SweepPoint, noise_seeds
+from .config import RunConfig, SweepPoint, noise_seeds
 from .errors import CourseError
 from .evidence import A_BETTER, B_BETTER, EQUIVALENT, Difference, paired_difference, two_sided
+from .pipeline import finished, run_all
 from .results import Evaluation
+from .settings import ALL_LINEAR, ATTENTION_QV, Experiment, LoraSettings, Profile
 
 POST_ALPHA = 8  # the post's lora_alpha, fixed in all its runs
 SMALL_RANK, LARGE_RANK = 4, 64  # 16 times the rank: the scale at fixed alpha falls 16-fold
@@ -110,8 +112,6 @@ def run_sweep(points: Sequence[SweepPoint], profile: Profile, results_dir="resul
     also  a page's other (config, evaluate) runs, trained in the same pool so that no core waits for
           the last point; read them afterwards with `pipeline.run` (a failed one fails there, in its place)
     """
-    from .pipeline import finished, run_all
-
     configs = [point_config(point, profile, results_dir) for point in points]
     cached = [finished(config, "loss") for config in configs]
     runs = run_all([*((config, "loss") for config in configs), *also], keep_going=True)[:len(configs)]

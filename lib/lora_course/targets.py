@@ -32,10 +32,14 @@ which is how PEFT matches a list of target modules.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from .errors import CourseError
+
+# torch, transformers and pandas are imported in the functions that use them (and torch here for the
+# annotations only): the command line imports this module at start, for TARGET_SETS in --help.
+if TYPE_CHECKING:
+    from torch import nn
 
 TARGET_SETS: dict[str, str] = {
     "attention-qv": "the query and value projections only (the post's experiment 1)",

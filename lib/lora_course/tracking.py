@@ -152,7 +152,7 @@ def _store_lock(results: Path | None) -> Iterator[None]:
     if results is None:
         yield
         return
-    import fcntl
+    import fcntl  # Unix only
 
     with open(results / f"{DB_NAME}.lock", "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)

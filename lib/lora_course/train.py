@@ -15,11 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
+from transformers import Trainer, TrainerCallback
+from trl import SFTConfig, SFTTrainer
 
-from .config import TrainSettings
 from .errors import CourseError
+from .lora import moved_share, moved_share_by_module, snapshot_adapter
 from .precision import Precision
 from .results import TrainResult
+from .settings import TrainSettings
 
 
 # --------------------------------------------------------------------------- memory
@@ -58,7 +62,7 @@ def _vm_hwm_kib() -> float:
         m = re.search(r"VmHWM:\s+(\d+)\s+kB", Path("/proc/self/status").read_text())
         return float(m.group(1)) if m else float("nan")
     except OSError:
-        import resource
+        import resource  # Unix only, as /proc is Linux only
 
         return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
@@ -132,10 +136,6 @@ def _trainer_class():
       the model's full logits for every run instead, one loss path for all
       experiments (and about 30% faster per step on a CPU than the fused head).
     """
-    from peft.tuners.tuners_utils import BaseTunerLayer
-    from transformers import Trainer
-    from trl import SFTTrainer
-
     class CourseSFTTrainer(SFTTrainer):
         def __init__(self, model, *args, adapter_dtype: torch.dtype, **kwargs):
             self.tokens_seen = 0  # non-padding tokens in the training batches of this process
@@ -168,8 +168,6 @@ class StepTimer:
     """Trainer callback: wall time of every optimizer step."""
 
     def __init__(self):
-        from transformers import TrainerCallback
-
         timer = self
 
         class _Callback(TrainerCallback):
@@ -197,7 +195,6 @@ def build_trainer(model, tokenizer, train_rows, settings: TrainSettings, precisi
     if settings.eval_strategy != "no" and eval_rows is None:
         raise CourseError(f"eval_strategy={settings.eval_strategy!r} needs held-out rows: pass eval_rows.")
     args = trainer_arguments(settings, precision, output_dir, seed)
-    from trl import SFTConfig
 
     trainer = _trainer_class()(
         model=model,
@@ -210,7 +207,7 @@ def build_trainer(model, tokenizer, train_rows, settings: TrainSettings, precisi
     )
     # In a notebook the trainer would draw an HTML table of every logged loss;
     # chapters plot the losses instead, so that table is dropped there.
-    from transformers.utils.notebook import NotebookProgressCallback
+    from transformers.utils.notebook import NotebookProgressCallback  # imports IPython (the book extra)
 
     trainer.remove_callback(NotebookProgressCallback)
     return trainer
@@ -254,10 +251,6 @@ class AdapterMovement:
     """Trainer callback: which LoRA entries changed between the start and the end of training."""
 
     def __init__(self):
-        from transformers import TrainerCallback
-
-        from .lora import moved_share, moved_share_by_module, snapshot_adapter
-
         watch = self
 
         class _Callback(TrainerCallback):
