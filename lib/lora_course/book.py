@@ -285,8 +285,8 @@ def execute_chapters(profile: str, out_dir: Path | None = None, results_dir: str
     """Execute every chapter (or the named ones) at `profile` into out_dir (default _build/executed-<profile>/),
     no rendering; `side_by_side` runs two at a time (`run_chapters_side_by_side`).
 
-    For checking that a profile's path runs (`make book-gpu-mini`; the tests execute gpu-mini their own way); the rendered
-    book in _build/src/ is left alone. Fails naming the chapters that failed.
+    For checking that a profile's path runs (`make book-gpu-mini`; the tests execute gpu-mini their
+    own way); the rendered book in _build/src/ is left alone. Fails naming the chapters that failed.
     """
     chapters = select_chapters(names) if names else chapter_notebooks()
     check_prose(chapters)
