@@ -15,7 +15,7 @@ Modules, roughly bottom-up:
                  book (papermill + jupyter-book), book_html, site_check, devicecheck (the gpu
                  path on a GPU machine), cli
 
-Imports stand at the top of each module, except two kinds, kept in the function that needs them:
+Imports stand at the top of each module, except three kinds, kept in the function that needs them:
 (a) torch, transformers, pandas and the library modules that import them, in the modules the
 command line imports at start (cli, catalogue, targets), so that `python -m lora_course --help`
 and `list` stay fast; (b) packages that may be absent: the extras (papermill, jupyter_client and
