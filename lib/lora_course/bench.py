@@ -4,7 +4,7 @@
 
 For one profile and experiment, in one process:
   - training with two trainer settings on the same model, rows, token budget and
-    dtypes (they differ only in padding, packing and accumulation):
+    dtypes (they differ in padding, packing, row order and accumulation):
       blog         what the post's trainer did: each batch padded to its own longest
                    row by the default collator, rows grouped by length, 4 x 4 accumulation
       recommended  examples packed end to end into full rows ("wrapped" packing),
