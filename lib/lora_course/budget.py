@@ -26,8 +26,9 @@ from .sweep import NOISE_SEEDS, SWEEP
 # holds 12 points (10 of 6 steps, 2 of 12) in the same 84 steps (-2 scorings), and chapter 2 scores the
 # untuned base in float and int8 (+2) and chapter 5 the merge into the dequantised NF4 base (+1): the
 # budget below is raised on purpose by that one scoring (60 rows). Timed again with this workload (chapter
-# 4's runs and chapter 7's points two at a time): 2,941 s for the chapters with the avx2 variables on a
-# 2-core AVX-512 machine, where the AVX2-only box took about 1.1x as long before.
+# 4's runs, and chapter 7's points with its epochs and response-only runs, two at a time): 2,593 s for the
+# chapters from a fresh clone with the avx2 variables on a 2-core AVX-512 machine, where the AVX2-only box
+# took about 1.1x as long before (other measurements put that box at 1.5-1.7x).
 BUDGET: dict[str, int] = {
     "training_steps": 308,  # 7 runs x 32 steps + 84 sweep steps (10 points x 6 + 2 points x 12)
     "sweep_points": 12,
