@@ -6,10 +6,17 @@
 Chapters are executed into _build/src/ (a copy of the book's sources with the
 executed notebooks in place of the committed, output-free ones); jupyter-book
 then renders _build/src/ with execution off and warnings as errors.
+
+A page executed by an earlier build is kept when nothing it is computed from has
+changed: its notebook, the profile, the library's code, the course's data, the
+installed packages and device, and the results folder (`page_inputs`,
+`results_state`). A change to one chapter's prose runs that chapter alone.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata as md
 import json
 import os
 import shutil
@@ -21,9 +28,11 @@ from pathlib import Path
 
 from .chapters import CHAPTERS_DIR, chapter_notebooks, number, prerequisites, select_chapters
 from .claims import require_backed
-from .data import REPO_ROOT
+from .data import REPO_ROOT, SAMPLE_PATH
 from .errors import CourseError
 from .install import REPOSITORY
+from .measured import code_source, environment_report, fingerprint
+from .presets import PROFILES
 from .site_check import check_site
 from .timing import TIMES_ENV, totals
 
@@ -178,7 +187,8 @@ def chapter_times_table(path: Path = SOURCE_COPY / TIMES_FILE) -> str:
         total["seconds"] += seconds
         for k in ("training", "evaluation", "other"):
             total[k] += parts.get(k, 0.0)
-        lines.append(_row(stem, seconds, parts))
+        lines.append(_row(stem, seconds, parts) + ("  (kept: seconds of the build that ran it)"
+                                                   if stem in saved.get("kept", []) else ""))
     lines.append(_row("all chapters", total["seconds"], total))
     return "\n".join(lines)
 
@@ -232,11 +242,121 @@ def check_prose(chapters: list[Path] | None = None) -> None:
 
 
 def build_book(profile: str = "cpu") -> Path:
-    """Run every chapter, then render; fails naming the chapters that failed."""
+    """Run every chapter whose page is not current (`page_is_current`), then render; fails naming the
+    chapters that failed."""
     check_prose()
-    shutil.rmtree(SOURCE_COPY, ignore_errors=True)
+    chapters = chapter_notebooks()
+    _clear_sources(keep={nb.name for nb in chapters})
     copy_book_sources()
-    return _render(profile, run_chapters(profile))
+    failed, kept = [], []
+    for nb in chapters:  # in order: a chapter reads only the results of chapters before it
+        if page_is_current(nb, profile):
+            kept.append(nb.stem)
+            print(f"[book] {nb.stem}: kept from the last build (its notebook, the library, the data, the packages, "
+                  "the device and the results are unchanged)", flush=True)
+        else:
+            _forget_pages([nb])
+            failed += run_chapters(profile, [nb], SOURCE_COPY)
+    _mark_kept(SOURCE_COPY / TIMES_FILE, kept)
+    record_pages(profile, [nb for nb in chapters if nb.stem not in failed])
+    return _render(profile, failed)
+
+
+# --------------------------------------------------------------------------- pages kept between builds
+PAGES_FILE = "pages.json"  # in _build/src/: what each executed page was computed from
+_DIGESTS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> sha256, per process: each file read once
+
+
+def _digest(f: Path) -> str:
+    stat = f.stat()
+    key = (str(f), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):  # 4 MiB at a time: checkpoints are large
+                h.update(block)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
+
+
+def results_state(root: Path | None = None) -> str:
+    """The fingerprint of every profile's results under `root` (default: the book's results/) as they are
+    now, file by file by content: a table or checkpoint rewritten with the same bytes is the same state.
+    A file is read once per process while its size and time stay (about 2 s a gigabyte). The tracking
+    store beside the profiles' folders changes with every run: left out."""
+    root = root or REPO_ROOT / "results"  # the chapters' RESULTS_DIR, "results", from the repository root
+    files = []
+    for name in sorted(PROFILES):
+        folder = root / name
+        for f in sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []:
+            files.append((str(f.relative_to(root)), _digest(f)))
+    return fingerprint(files)
+
+
+def page_inputs(nb: Path, profile: str) -> str:
+    """The fingerprint of what a chapter's page is computed from, the results aside: its notebook, the
+    profile, the library's code, the course's data, the installed packages and the device."""
+    packages = sorted(f"{d.metadata['Name']}=={d.version}" for d in md.distributions())
+    return fingerprint(nb, profile, code_source(), SAMPLE_PATH.parent, packages, environment_report())
+
+
+def _pages(out_dir: Path) -> dict:
+    path = out_dir / PAGES_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def page_is_current(nb: Path, profile: str, out_dir: Path | None = None, results_root: Path | None = None) -> bool:
+    """Whether the page executed into out_dir (default _build/src/) by an earlier build can be kept: executed
+    at this profile from the same inputs (`page_inputs`), with the results as they were when that build ended."""
+    out_dir = out_dir or SOURCE_COPY
+    saved = _pages(out_dir)
+    entry = saved.get("pages", {}).get(nb.stem) if saved.get("profile") == profile else None
+    return (entry is not None and (out_dir / "chapters" / nb.name).exists()
+            and entry["inputs"] == page_inputs(nb, profile) and entry["results"] == results_state(results_root))
+
+
+def record_pages(profile: str, chapters: list[Path], out_dir: Path | None = None,
+                 results_root: Path | None = None) -> None:
+    """Note what `chapters` (executed or kept just now, without failing) were computed from, with the
+    results as they are at the end; the other chapters' entries stay as they were."""
+    out_dir = out_dir or SOURCE_COPY
+    saved = _pages(out_dir)
+    if saved.get("profile") != profile:
+        saved = {"profile": profile, "pages": {}}
+    state = results_state(results_root)
+    for nb in chapters:
+        saved["pages"][nb.stem] = {"inputs": page_inputs(nb, profile), "results": state}
+    (out_dir / PAGES_FILE).write_text(json.dumps(saved, indent=2) + "\n")
+
+
+def _forget_pages(chapters: list[Path]) -> None:
+    """Drop the entries of chapters about to run: one that fails or is stopped half-way leaves no page to keep."""
+    saved = _pages(SOURCE_COPY)
+    if any(saved.get("pages", {}).pop(nb.stem, None) for nb in chapters):
+        (SOURCE_COPY / PAGES_FILE).write_text(json.dumps(saved, indent=2) + "\n")
+
+
+def _clear_sources(keep: set[str]) -> None:
+    """Empty _build/src/ for a build but for the executed pages of today's chapters (`keep`, by file name),
+    their times and the record of what they were computed from."""
+    out_dir = SOURCE_COPY
+    if not out_dir.exists():
+        return
+    for child in out_dir.iterdir():
+        if child.name == "chapters":
+            for page in child.iterdir():
+                if page.name not in keep:
+                    page.unlink()
+        elif child.name not in ("timings", TIMES_FILE, PAGES_FILE):
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+
+def _mark_kept(path: Path, kept: list[str]) -> None:
+    """The times file says which chapters were kept (their seconds are those of the build that ran them)."""
+    if path.exists():
+        saved = json.loads(path.read_text())
+        saved["kept"] = kept
+        path.write_text(json.dumps(saved, indent=2) + "\n")
 
 
 def _render(profile: str, failed: list[str]) -> Path:
@@ -277,7 +397,11 @@ def rebuild_chapters(profile: str, names: list[str]) -> Path:
             + f": run the whole book once (make book PROFILE={profile})."
         )
     copy_book_sources()
-    return _render(profile, run_chapters(profile, selected))
+    _forget_pages(selected)
+    failed = run_chapters(profile, selected, SOURCE_COPY)
+    _mark_kept(times, [nb.stem for nb in chapter_notebooks() if nb not in selected])
+    record_pages(profile, [nb for nb in selected if nb.stem not in failed])
+    return _render(profile, failed)
 
 
 def execute_chapters(profile: str, out_dir: Path | None = None, results_dir: str | None = None,
@@ -285,8 +409,9 @@ def execute_chapters(profile: str, out_dir: Path | None = None, results_dir: str
     """Execute every chapter (or the named ones) at `profile` into out_dir (default _build/executed-<profile>/),
     no rendering; `side_by_side` runs two at a time (`run_chapters_side_by_side`).
 
-    For checking that a profile's path runs (`make book-gpu-mini`; the tests execute gpu-mini their
-    own way); the rendered book in _build/src/ is left alone. Fails naming the chapters that failed.
+    For checking that a profile's path runs, keeping the executed chapters (`make book-gpu-mini` runs
+    gpu-mini through the book tests instead, which check what the chapters wrote); the rendered book in
+    _build/src/ is left alone. Fails naming the chapters that failed.
     """
     chapters = select_chapters(names) if names else chapter_notebooks()
     check_prose(chapters)
