@@ -240,6 +240,7 @@ def test_the_repository_address_has_one_source(tmp_path):
 
 
 # --------------------------------------------------------------------------- the device run, in miniature
+@pytest.mark.book  # it executes chapter 1 at gpu-mini
 def test_device_run_script_runs_the_check_and_chapters_at_the_miniature(tmp_path):
     """scripts/gpu_device_run.sh on a CPU: the smoke check (3 steps) and chapter 1 at gpu-mini."""
     import os

@@ -199,6 +199,7 @@ def test_the_workflow_builds_checks_and_publishes_the_book():
     runs = {name: [s.get("run", "") for s in job.get("steps", [])] for name, job in jobs.items()}
     uses = {name: [s.get("uses", "").split("@")[0] for s in job.get("steps", [])] for name, job in jobs.items()}
     assert any(r.startswith("make test") for r in runs["test"]) and "pull_request" in jobs["test"]["if"]
+    assert any(r.startswith("make book-gpu-mini") for r in runs["test"])  # the book tests, left out of make test
     assert any(r.startswith("make book") for r in runs["book"]) and any(r.startswith("make check-book") for r in runs["book"])
     assert "PROFILE" not in WORKFLOW.read_text()  # the README's make book: its default, the cpu profile
     upload = next(s for s in jobs["book"]["steps"] if s.get("uses", "").startswith("actions/upload-pages-artifact"))
