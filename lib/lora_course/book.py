@@ -15,7 +15,7 @@ installed packages and device, and the results folder (`page_inputs`,
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import importlib.metadata as md
 import json
 import os
@@ -33,6 +33,7 @@ from .errors import CourseError
 from .install import REPOSITORY
 from .measured import code_source, environment_report, fingerprint
 from .presets import PROFILES
+from .results import read_json, write_json
 from .site_check import check_site
 from .timing import TIMES_ENV, totals
 
@@ -264,45 +265,33 @@ def build_book(profile: str = "cpu") -> Path:
 
 # --------------------------------------------------------------------------- pages kept between builds
 PAGES_FILE = "pages.json"  # in _build/src/: what each executed page was computed from
-_DIGESTS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> sha256, per process: each file read once
-
-
-def _digest(f: Path) -> str:
-    stat = f.stat()
-    key = (str(f), stat.st_size, stat.st_mtime_ns)
-    if key not in _DIGESTS:
-        h = hashlib.sha256()
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):  # 4 MiB at a time: checkpoints are large
-                h.update(block)
-        _DIGESTS[key] = h.hexdigest()
-    return _DIGESTS[key]
 
 
 def results_state(root: Path | None = None) -> str:
     """The fingerprint of every profile's results under `root` (default: the book's results/) as they are
-    now, file by file by content: a table or checkpoint rewritten with the same bytes is the same state.
-    A file is read once per process while its size and time stay (about 2 s a gigabyte). The tracking
-    store beside the profiles' folders changes with every run: left out."""
+    now, file by file by content (`measured.file_digest`): a table or checkpoint rewritten with the same
+    bytes is the same state. The tracking store beside the profiles' folders changes with every run: left out."""
     root = root or REPO_ROOT / "results"  # the chapters' RESULTS_DIR, "results", from the repository root
-    files = []
-    for name in sorted(PROFILES):
-        folder = root / name
-        for f in sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []:
-            files.append((str(f.relative_to(root)), _digest(f)))
-    return fingerprint(files)
+    folders = [root / name for name in sorted(PROFILES) if (root / name).is_dir()]
+    files = [f for folder in folders for f in sorted(folder.rglob("*")) if f.is_file()]  # an empty folder: none
+    return fingerprint([(str(f.relative_to(root)), f) for f in files])
+
+
+@functools.cache
+def _installed() -> tuple[str, ...]:
+    """The installed packages, name==version (read once per process: about 0.1 s)."""
+    return tuple(sorted(f"{d.metadata['Name']}=={d.version}" for d in md.distributions()))
 
 
 def page_inputs(nb: Path, profile: str) -> str:
     """The fingerprint of what a chapter's page is computed from, the results aside: its notebook, the
     profile, the library's code, the course's data, the installed packages and the device."""
-    packages = sorted(f"{d.metadata['Name']}=={d.version}" for d in md.distributions())
-    return fingerprint(nb, profile, code_source(), SAMPLE_PATH.parent, packages, environment_report())
+    return fingerprint(nb, profile, code_source(), SAMPLE_PATH.parent, list(_installed()), environment_report())
 
 
 def _pages(out_dir: Path) -> dict:
     path = out_dir / PAGES_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
+    return read_json(path) if path.exists() else {}
 
 
 def page_is_current(nb: Path, profile: str, out_dir: Path | None = None, results_root: Path | None = None) -> bool:
@@ -326,14 +315,14 @@ def record_pages(profile: str, chapters: list[Path], out_dir: Path | None = None
     state = results_state(results_root)
     for nb in chapters:
         saved["pages"][nb.stem] = {"inputs": page_inputs(nb, profile), "results": state}
-    (out_dir / PAGES_FILE).write_text(json.dumps(saved, indent=2) + "\n")
+    write_json(out_dir / PAGES_FILE, saved)
 
 
 def _forget_pages(chapters: list[Path]) -> None:
     """Drop the entries of chapters about to run: one that fails or is stopped half-way leaves no page to keep."""
     saved = _pages(SOURCE_COPY)
     if any(saved.get("pages", {}).pop(nb.stem, None) for nb in chapters):
-        (SOURCE_COPY / PAGES_FILE).write_text(json.dumps(saved, indent=2) + "\n")
+        write_json(SOURCE_COPY / PAGES_FILE, saved)
 
 
 def _clear_sources(keep: set[str]) -> None:

@@ -2,6 +2,7 @@
 while that fingerprint holds.
 
     fingerprint(*parts)                          a short hash of what a measurement depends on
+    file_digest(path)                            a file's sha256, remembered per process while it is unchanged
     environment_report()                         the stack's versions and the device in use
     imports_of(module)                           the library modules one module imports, anywhere in it
     code_source(modules)                         the fingerprint of those library modules and all they import
@@ -25,6 +26,7 @@ import importlib.metadata as md
 import json
 import os
 import platform
+import time
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
@@ -38,12 +40,33 @@ LIBRARY = Path(__file__).resolve().parent
 _SOURCE_HASH: dict[tuple[str, ...], str] = {}  # per process: the code does not change under it
 
 
+_DIGESTS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> sha256, per process
+_RECENT_NS = 2_000_000_000  # a file written in the last 2 s may be rewritten within one clock tick
+
+
+def file_digest(f: Path) -> str:
+    """The sha256 of a file's bytes, read 4 MiB at a time (checkpoints are large, about 2 s a gigabyte).
+    Remembered per process while the file's size and mtime stay, unless it was written in the last 2 s:
+    a rewrite of the same size within one clock tick keeps its mtime."""
+    stat = f.stat()
+    key = (str(f), stat.st_size, stat.st_mtime_ns)
+    if key in _DIGESTS:
+        return _DIGESTS[key]
+    h = hashlib.sha256()
+    with open(f, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    if time.time_ns() - stat.st_mtime_ns > _RECENT_NS:
+        _DIGESTS[key] = h.hexdigest()
+    return h.hexdigest()
+
+
 def _feed(h, part: Any) -> None:
     if isinstance(part, Path):
         files = sorted(p for p in part.rglob("*") if p.is_file()) if part.is_dir() else [part]
         for f in files:  # a folder by its files' names and bytes, so a retrained adapter is a new key
             h.update(str(f.relative_to(part) if part.is_dir() else f.name).encode())
-            h.update(f.read_bytes())
+            h.update(file_digest(f).encode())
         return
     if dataclasses.is_dataclass(part) and not isinstance(part, type):
         part = dataclasses.asdict(part)
