@@ -379,3 +379,40 @@ def test_the_checkpoint_cache_follows_the_umask(tmp_path):
     assert stat.S_IMODE(target.stat().st_mode) == 0o755
     assert stat.S_IMODE((target / "model.safetensors").stat().st_mode) == 0o644
     assert stat.S_IMODE((target / "config.json").stat().st_mode) == 0o644
+
+
+def test_a_checkpoint_built_meanwhile_by_another_process_stays_in_place(tmp_path, monkeypatch):
+    """Two processes building the same cached checkpoint (a test beside the miniature book): the first
+    to put its copy in place keeps it, file for file, and the second's copy leaves no folder behind."""
+    from lora_course import model
+
+    target = tmp_path / "cache" / "some-model"
+
+    def build(label):
+        def write(out):
+            (out / "config.json").write_text(label)
+        return write
+
+    # The other process finishes just before this one moves its copy into place.
+    share = model.share_as_umask
+
+    def share_then_race(folder):
+        share(folder)
+        monkeypatch.setattr(model, "share_as_umask", share)  # the other process's own build shares as usual
+        model._materialise(target, build("first"))
+
+    monkeypatch.setattr(model, "share_as_umask", share_then_race)
+    assert model._materialise(target, build("second")) == target
+    monkeypatch.undo()
+    assert (target / "config.json").read_text() == "first"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["some-model"]
+    inode = (target / "config.json").stat().st_ino
+    assert model._materialise(target, build("third")) == target  # built once: never again
+    assert (target / "config.json").stat().st_ino == inode
+
+    # A folder there that is no checkpoint (no config.json) is replaced by the build.
+    leftover = tmp_path / "cache" / "other-model"
+    leftover.mkdir()
+    (leftover / "partial.bin").write_bytes(b"x")
+    model._materialise(leftover, build("built"))
+    assert sorted(p.name for p in leftover.iterdir()) == ["config.json"]
