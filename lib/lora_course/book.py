@@ -135,16 +135,25 @@ _TIMES_LOCK = threading.Lock()
 TIMES_FILE = "chapter-times.json"
 
 
+def _edit_times(path: Path, edit) -> None:
+    """Read the times file ({} when there is none), let `edit(saved)` return it changed, write it back; one
+    caller at a time, since lanes side by side finish chapters at once."""
+    with _TIMES_LOCK:
+        saved = edit(json.loads(path.read_text()) if path.exists() else {})
+        path.write_text(json.dumps(saved, indent=2) + "\n")
+
+
 def _record_times(path: Path, profile: str, times: dict[str, float], split: dict[str, dict] | None = None) -> None:
     """Add chapter times (and their split into training, evaluation and other) to the file; several calls
     may share one output folder, so each adds its chapters as they finish."""
-    with _TIMES_LOCK:
-        saved = json.loads(path.read_text()) if path.exists() else {}
+    def add(saved: dict) -> dict:
         if saved.get("profile") != profile:
             saved = {"profile": profile, "seconds": {}, "split": {}}
         saved["seconds"].update(times)
         saved.setdefault("split", {}).update(split or {})
-        path.write_text(json.dumps(saved, indent=2) + "\n")
+        return saved
+
+    _edit_times(path, add)
 
 
 # --------------------------------------------------------------------------- where the time went
@@ -343,9 +352,7 @@ def _clear_sources(keep: set[str]) -> None:
 def _mark_kept(path: Path, kept: list[str]) -> None:
     """The times file says which chapters were kept (their seconds are those of the build that ran them)."""
     if path.exists():
-        saved = json.loads(path.read_text())
-        saved["kept"] = kept
-        path.write_text(json.dumps(saved, indent=2) + "\n")
+        _edit_times(path, lambda saved: {**saved, "kept": kept})
 
 
 def _render(profile: str, failed: list[str]) -> Path:
