@@ -29,6 +29,14 @@ from .sweep import NOISE_SEEDS, SWEEP
 # 4's runs, and chapter 7's points with its epochs and response-only runs, two at a time): 2,593 s for the
 # chapters from a fresh clone with the avx2 variables on a 2-core AVX-512 machine, where the AVX2-only box
 # took about 1.1x as long before (other measurements put that box at 1.5-1.7x).
+# The x1.6 rule swings with how fast the 2-core machine is that day (the same chapters took 1,677 s there
+# one day and 2,421 s another), so the box's time was estimated by calibration instead: 75cd36d, the commit
+# the box timed, and 66beba5 ran back to back from fresh clones on one machine with the avx2 variables
+# (2,649 s and 2,421 s). Scaled by the box's own times, chapter by chapter, 66beba5's chapters come to
+# about 56 min on the box (53 min by the two builds' whole-book ratio), against 57.8 then: over the
+# 45-minute target, because what chapter 4 gained (-423 s here) the content added since in chapters 2, 5,
+# 7, 8, 9 and 10 (+209 s here, and more on the box, which ran chapters 5, 7, 8 and 9 1.5-2x slower than
+# this machine but chapter 4 only 1.07x) has mostly taken back.
 BUDGET: dict[str, int] = {
     "training_steps": 308,  # 7 runs x 32 steps + 84 sweep steps (10 points x 6 + 2 points x 12)
     "sweep_points": 12,
