@@ -9,7 +9,7 @@ from lora_course import evaluate as ev
 from lora_course.data import RESPONSE_SUFFIX, prepare_data
 from lora_course.generate import generate_detailed
 from lora_course.lora import attach_lora
-from lora_course.model import load_model, load_tokenizer
+from lora_course.model import DequantisedLinear, dequantised, dequantised_weight, load_model, load_tokenizer
 from lora_course.precision import for_profile
 from lora_course.presets import get_experiment, get_profile
 
@@ -47,7 +47,7 @@ def _adapted(profile, quantization: str):
 def _evaluate(model, tok, profile, test):
     prompts, references = list(test["prompt"]), [d + RESPONSE_SUFFIX for d in test["description"]]
     loss = ev.response_loss(model, tok, prompts, references, max_length=profile.train.max_length)
-    gens = generate_detailed(model, tok, prompts, 24, batch_size=len(prompts))
+    gens = generate_detailed(model, tok, prompts, 24, batch_size=len(prompts), dequantise=False)  # as it is
     return loss, [g.raw for g in gens]
 
 
@@ -59,9 +59,9 @@ def test_dequantised_gives_the_same_tokens(smoke, quantization):
     assert len(layers) == 2 * 7  # 2 blocks x 7 projections (lm_head stays float)
 
     quant_loss, quant_raw = _evaluate(model, tok, profile, test)
-    with ev.dequantised(model, (quantization,)):
+    with dequantised(model, (quantization,)):
         assert _quantised_layers(model) == []
-        dense = [m for m in model.modules() if isinstance(m, ev.DequantisedLinear)]
+        dense = [m for m in model.modules() if isinstance(m, DequantisedLinear)]
         assert len(dense) == len(layers)
         assert all(m.weight.dtype == torch.float32 for m in dense)
         deq_loss, deq_raw = _evaluate(model, tok, profile, test)
@@ -88,7 +88,7 @@ def test_dequantised_weights_are_what_the_layer_multiplies_by(smoke):
     x = torch.randn(3, layer.in_features)
     with torch.no_grad():
         expected = layer(x)
-        weight = ev._dequantised_weight(layer)
+        weight = dequantised_weight(layer)
         assert weight.shape == (layer.out_features, layer.in_features)
         torch.testing.assert_close(x @ weight.T, expected, rtol=1e-5, atol=1e-6)
 
@@ -111,3 +111,104 @@ def test_evaluate_model_generates_on_the_dequantised_nf4_model(smoke, monkeypatc
     int8 = _adapted(profile, "int8")
     ev.evaluate_model(int8, tok, profile, test.select(range(2)), "int8-check", kind="full")
     assert seen == [0, 2 * 7]  # 8-bit layers are evaluated as they are
+
+
+@pytest.mark.parametrize("quantization", ["nf4", "int8"])
+def test_a_static_cache_gives_the_same_tokens(smoke, quantization):
+    """The held-out pass generates with a cache allocated once (`cache_implementation="static"`): the same
+    greedy tokens as transformers' growing cache, for a padded batch of prompts of different lengths,
+    and again after a longer generation has left a larger cache size on the model."""
+    profile, tok, test = smoke
+    model = _adapted(profile, quantization)
+    prompts = list(test["prompt"])
+    assert len({len(tok(p)["input_ids"]) for p in prompts}) > 1  # the batch is padded
+    with dequantised(model, (quantization,)):
+        growing = [g.raw for g in generate_detailed(model, tok, prompts, 24, batch_size=len(prompts))]
+        static = [g.raw for g in generate_detailed(model, tok, prompts, 24, batch_size=len(prompts),
+                                                   cache_implementation="static")]
+        generate_detailed(model, tok, prompts, 40, batch_size=len(prompts), cache_implementation="static")
+        after_longer = [g.raw for g in generate_detailed(model, tok, prompts, 24, batch_size=len(prompts),
+                                                         cache_implementation="static")]
+    assert sum(len(r) for r in growing) > 0
+    assert static == growing and after_longer == growing
+
+
+def test_the_held_out_pass_asks_for_a_static_cache(smoke, monkeypatch):
+    profile, tok, test = smoke
+    asked = []
+    real = generate_detailed
+
+    def spy(m, *args, **kwargs):
+        asked.append(kwargs.get("cache_implementation"))
+        return real(m, *args, **kwargs)
+
+    monkeypatch.setattr(ev, "generate_detailed", spy)
+    ev.evaluate_model(_adapted(profile, "nf4"), tok, profile, test.select(range(2)), "static-check", kind="full")
+    assert asked == ["static"]
+
+
+def test_generation_on_a_cpu_dequantises_nf4_once_for_the_call(smoke, monkeypatch):
+    """Every generation (chapter 2's baseline prompts too), not only evaluation's: the NF4 layers are float
+    while `generate` runs, the tokens are the 4-bit model's own, and the model comes back 4-bit. 8-bit
+    layers stay as they are (LLM.int8 rounds activations), and a timing asks for the model as it is."""
+    profile, tok, test = smoke
+    prompts = list(test["prompt"])
+    for quantization, float_while_generating in (("nf4", True), ("int8", False)):
+        model = _adapted(profile, quantization)
+        layers = _quantised_layers(model)
+        as_is = [g.raw for g in generate_detailed(model, tok, prompts, 24, batch_size=4, dequantise=False)]
+        seen = []
+        real = model.generate
+
+        def spy(*args, real=real, model=model, **kwargs):
+            seen.append(len(_quantised_layers(model)))
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(model, "generate", spy)
+        default = [g.raw for g in generate_detailed(model, tok, prompts, 24, batch_size=4)]
+        assert default == as_is and sum(len(r) for r in as_is) > 0
+        assert seen == [0 if float_while_generating else len(layers)] * -(-len(prompts) // 4)
+        assert _quantised_layers(model) == layers  # handed back as it came
+
+
+@pytest.mark.parametrize("quantization", ["none", "nf4", "int8"])
+def test_the_shared_opening_scored_once_gives_the_same_losses(smoke, quantization, monkeypatch):
+    """`response_loss` runs the tokens every row opens with (the prompt template's start) through the model
+    once and goes on from their keys and values: the same row losses as whole rows, to float rounding,
+    on a plain model and on adapters over 4-bit and 8-bit bases."""
+    profile, tok, test = smoke
+    if quantization == "none":
+        torch.manual_seed(0)
+        model = load_model(profile, "none", for_profile(profile)).eval()
+    else:
+        model = _adapted(profile, quantization)
+    prompts, references = list(test["prompt"]), [d + RESPONSE_SUFFIX for d in test["description"]]
+    rows = ev.scored_rows(tok, prompts, references, profile.train.max_length)
+    shared = ev.shared_prefix(model, rows)
+    first = rows[0][0]
+    assert 8 <= shared < min(n for _, n in rows)  # an opening, short of every prompt's last token
+    assert all(ids[:shared] == first[:shared] for ids, _ in rows)
+    assert any(ids[shared] != first[shared] for ids, _ in rows) or shared == min(n for _, n in rows) - 1
+
+    shapes = []  # what the embedding layer is given: (rows, positions) per forward
+    hook = model.get_input_embeddings().register_forward_hook(lambda m, args, out: shapes.append(tuple(args[0].shape)))
+    try:
+        once = ev.response_loss(model, tok, prompts, references, batch_size=3, max_length=profile.train.max_length)
+        n_once = len(shapes)
+        monkeypatch.setattr(ev, "shared_prefix", lambda *args, **kwargs: 0)
+        whole = ev.response_loss(model, tok, prompts, references, batch_size=3, max_length=profile.train.max_length)
+    finally:
+        hook.remove()
+    assert shapes[0] == (1, shared)  # the opening once, ...
+    longest = max(len(ids) for ids, _ in rows)
+    assert max(w for _, w in shapes[1:n_once]) == longest - shared  # ... then the rows without it
+    assert max(w for _, w in shapes[n_once:]) == longest
+    assert once["row_tokens"] == whole["row_tokens"]
+    assert once["row_losses"] == pytest.approx(whole["row_losses"], abs=1e-5)
+
+
+def test_no_shared_opening_when_rows_differ_from_the_start(smoke):
+    profile, tok, _ = smoke
+    model = load_model(profile, "none", for_profile(profile))
+    rows = ev.scored_rows(tok, ["Q: a lamp?\nA:", "Describe a chair.\n"], [" Bright.", " Wooden."], 64)
+    assert ev.shared_prefix(model, rows) == 0

