@@ -144,7 +144,10 @@ def test_the_held_out_pass_asks_for_a_static_cache(smoke, monkeypatch):
 
     monkeypatch.setattr(ev, "generate_detailed", spy)
     ev.evaluate_model(_adapted(profile, "nf4"), tok, profile, test.select(range(2)), "static-check", kind="full")
-    assert asked == ["static"]
+    # Not with 8-bit layers: their rounding of activations turned the cache's float rounding into other
+    # tokens on the cpu profile (one 8-bit run's held-out answers changed).
+    ev.evaluate_model(_adapted(profile, "int8"), tok, profile, test.select(range(2)), "int8-check", kind="full")
+    assert asked == ["static", None]
 
 
 def test_generation_on_a_cpu_dequantises_nf4_once_for_the_call(smoke, monkeypatch):
@@ -171,11 +174,11 @@ def test_generation_on_a_cpu_dequantises_nf4_once_for_the_call(smoke, monkeypatc
         assert _quantised_layers(model) == layers  # handed back as it came
 
 
-@pytest.mark.parametrize("quantization", ["none", "nf4", "int8"])
+@pytest.mark.parametrize("quantization", ["none", "nf4"])
 def test_the_shared_opening_scored_once_gives_the_same_losses(smoke, quantization, monkeypatch):
     """`response_loss` runs the tokens every row opens with (the prompt template's start) through the model
     once and goes on from their keys and values: the same row losses as whole rows, to float rounding,
-    on a plain model and on adapters over 4-bit and 8-bit bases."""
+    on a plain model and on an adapter over a 4-bit base."""
     profile, tok, test = smoke
     if quantization == "none":
         torch.manual_seed(0)
@@ -207,8 +210,13 @@ def test_the_shared_opening_scored_once_gives_the_same_losses(smoke, quantizatio
     assert once["row_losses"] == pytest.approx(whole["row_losses"], abs=1e-5)
 
 
-def test_no_shared_opening_when_rows_differ_from_the_start(smoke):
-    profile, tok, _ = smoke
+def test_no_shared_opening_when_rows_differ_from_the_start_or_layers_are_8_bit(smoke):
+    profile, tok, test = smoke
     model = load_model(profile, "none", for_profile(profile))
     rows = ev.scored_rows(tok, ["Q: a lamp?\nA:", "Describe a chair.\n"], [" Bright.", " Wooden."], 64)
     assert ev.shared_prefix(model, rows) == 0
+    # LLM.int8 takes its outlier columns from the whole batch: on the cpu profile, scoring the opening
+    # apart moved one 8-bit run's row losses by up to 0.05 nats. Its rows are scored whole.
+    rows = ev.scored_rows(tok, list(test["prompt"]), list(test["description"]), profile.train.max_length)
+    assert ev.shared_prefix(model, rows) >= 8
+    assert ev.shared_prefix(_adapted(profile, "int8"), rows) == 0

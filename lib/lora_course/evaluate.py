@@ -43,7 +43,7 @@ from .errors import CourseError
 from .evidence import bootstrap_ci
 from .generate import Generation, generate_detailed, stopped
 from .measured import measured
-from .model import dequantised, load_model, load_tokenizer
+from .model import dequantised, load_model, load_tokenizer, rounds_activations
 from .results import EvalResult, Evaluation, load_evaluation, save_evaluation
 from .settings import QUANTIZATIONS
 from .timing import timed
@@ -344,14 +344,15 @@ def scored_rows(tokenizer, prompts: Sequence[str], responses: Sequence[str], max
 
 def shared_prefix(model, rows: Sequence[tuple[list[int], int]], at_least: int = 8) -> int:
     """How many leading tokens every row of `rows` (`scored_rows`) has in common and `response_loss` may
-    score once for all: 0 when fewer than `at_least`, or when the model's forward takes no cache.
+    score once for all: 0 when fewer than `at_least`, when the model's forward takes no cache, or when
+    it has 8-bit layers (`model.rounds_activations`).
 
     Stops one short of the shortest prompt, so that every row's first scored position, its prompt's last
     token, is in the part scored per batch. The shared part is causal context only: the tokens after it
     see the same keys and values whether it went through the model once or once per row.
     """
-    if _cache_argument(model) is None:
-        return 0
+    if _cache_argument(model) is None or rounds_activations(model):
+        return 0  # 8-bit layers take their outlier columns from the batch: their rows are scored whole
     n, limit = 0, min(n_prompt for _, n_prompt in rows) - 1
     first = rows[0][0]
     while n < limit and all(ids[n] == first[n] for ids, _ in rows):
@@ -529,9 +530,11 @@ def _evaluate_model(model, tokenizer, profile, test, name, kind, out_dir, batch_
             # The post's prompts ride along in the held-out batch: one generation pass for both.
             blog = [product_prompt(p, c) for p, c in BLOG_PROMPTS]
             # A key/value cache allocated once for the whole pass: a growing one copies itself at every
-            # token (torch.cat was 16% of this pass on a CPU). The same tokens (tested); 8% faster.
+            # token (torch.cat was 16% of this pass on a CPU). The same tokens (tested); 8% faster. Not for
+            # 8-bit layers, whose rounding of activations turns the cache's float rounding into other tokens.
+            cache = {} if rounds_activations(model) else {"cache_implementation": "static"}
             gens = generate_detailed(model, tokenizer, blog + prompts, profile.max_new_tokens, batch_size=batch_size,
-                                     cache_implementation="static")
+                                     **cache)
     heldout, prompt_rows = None, []
     if kind == "full":
         prompt_gens, heldout_gens = gens[: len(blog)], gens[len(blog):]

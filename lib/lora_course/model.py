@@ -570,6 +570,18 @@ class DequantisedLinear(nn.Linear):
         return super().forward(x.to(self.weight.dtype)).to(x.dtype)
 
 
+def rounds_activations(model) -> bool:
+    """True when `model` holds LLM.int8 layers (bitsandbytes' Linear8bitLt). In eval mode they round each
+    batch's activations to 8 bits and take the outlier columns from the whole batch, so a change that
+    is float rounding elsewhere (another cache, rows batched differently) can move their outputs by
+    more: evaluation keeps such a model's batches and cache exactly as they were."""
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        return False
+    return any(isinstance(m, bnb.nn.Linear8bitLt) for m in model.modules())
+
+
 def dequantised_weight(layer: nn.Module) -> torch.Tensor | None:
     """The float weight (out x in) that a bitsandbytes layer multiplies by on a CPU, or None for other layers.
 
