@@ -37,6 +37,10 @@ from .sweep import NOISE_SEEDS, SWEEP
 # 45-minute target, because what chapter 4 gained (-423 s here) the content added since in chapters 2, 5,
 # 7, 8, 9 and 10 (+209 s here, and more on the box, which ran chapters 5, 7, 8 and 9 1.5-2x slower than
 # this machine but chapter 4 only 1.07x) has mostly taken back.
+# 7d3950a (the shared template opening scored once, contiguous cross-entropy, a static cache for the
+# held-out batch, NF4 dequantised for every CPU generation) against 66beba5, back to back on one day from
+# fresh clones, with identical training seconds in both (1,602 s, so the machine ran at one speed):
+# evaluation 15% less, chapters 1,776 -> 1,673 s. Scaled the same way, about 50-53 min on the box.
 BUDGET: dict[str, int] = {
     "training_steps": 308,  # 7 runs x 32 steps + 84 sweep steps (10 points x 6 + 2 points x 12)
     "sweep_points": 12,
