@@ -6,7 +6,8 @@
     meta_model(spec)              shapes only, no weights: parameter counts offline
     logical_numel(p)              elements of a weight as the model sees them (4-bit packs two per byte)
     model_facts(spec)             what the model is, from its own files: name, size, tuning, how its weights were stored
-    dequantised(model)            on a CPU, frozen 4-bit layers as float Linear layers of the same values, for a block
+    dequantised(model)            on a CPU, frozen NF4 layers as float Linear layers of the same values, for a block
+    rounds_activations(model)     whether the model has LLM.int8 layers, whose outputs depend on the whole batch
 """
 
 from __future__ import annotations
@@ -554,8 +555,8 @@ def _write_facts(path: Path, facts: dict) -> None:
 # --------------------------------------------------------------------------- quantised layers, dequantised once
 # Quantisations whose frozen weights evaluation and generation on a CPU dequantise once (see
 # `dequantised`). Only NF4: its CPU matmul is "dequantise, then a float linear", so a float copy
-# computes the very same products. The 8-bit layer's eval-mode matmul also quantises the activations (LLM.int8), which
-# a float copy would not: the losses would move (by 1e-4 nats on the smoke model, tested).
+# computes the very same products. The 8-bit layer's eval-mode matmul also quantises the activations
+# (LLM.int8), which a float copy would not: the losses would move (by 1e-4 nats on the smoke model, tested).
 DEQUANTISED_ON_CPU: tuple[str, ...] = ("nf4",)
 
 
