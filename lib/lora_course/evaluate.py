@@ -360,19 +360,23 @@ def shared_prefix(model, rows: Sequence[tuple[list[int], int]], at_least: int = 
     return n if n >= at_least else 0
 
 
-def _cache_argument(model) -> str | None:
-    """The name under which the model's forward takes a key/value cache ("cache" from transformers 5.2x,
-    "past_key_values" before), or None."""
+def _forward_arguments(model):
+    """The arguments the forward of `model` (under a PEFT wrapper, its base model's) takes by name."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    names = inspect.signature(base.forward).parameters
+    return inspect.signature(base.forward).parameters
+
+
+def _cache_argument(model) -> str | None:
+    """The name under which the model's forward takes a key/value cache, and its output returns one
+    ("cache" from transformers 5.2x, "past_key_values" before), or None."""
+    names = _forward_arguments(model)
     return next((n for n in ("cache", "past_key_values") if n in names), None)
 
 
 def _logits_to_keep(model, n: int) -> dict[str, int]:
     """{"logits_to_keep": n} when the model's forward takes it (transformers' causal LMs: logits for the last n
     positions only), else nothing."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return {"logits_to_keep": n} if "logits_to_keep" in inspect.signature(base.forward).parameters else {}
+    return {"logits_to_keep": n} if "logits_to_keep" in _forward_arguments(model) else {}
 
 
 def response_loss(model, tokenizer, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 4, max_length: int = 256) -> dict[str, Any]:
@@ -400,12 +404,10 @@ def response_loss(model, tokenizer, prompts: Sequence[str], responses: Sequence[
         with torch.no_grad():
             # The tokens every row starts with (the prompt template's opening, 34 of about 150 tokens a row
             # at the cpu profile) go through the model once; each batch goes on from their keys and values.
-            shared = shared_prefix(model, rows)
-            prefix = None
+            shared, cache_name, prefix = shared_prefix(model, rows), _cache_argument(model), None
             if shared:
                 head = torch.tensor([rows[0][0][:shared]], device=device)
-                out = model(input_ids=head, use_cache=True, **_logits_to_keep(model, 1))
-                prefix = out.cache if hasattr(out, "cache") else out.past_key_values
+                prefix = getattr(model(input_ids=head, use_cache=True, **_logits_to_keep(model, 1)), cache_name)
             for start in range(0, len(rows), batch_size):
                 index = order[start : start + batch_size]
                 batch = [(ids[shared:], n_prompt - shared) for ids, n_prompt in (rows[i] for i in index)]
@@ -422,7 +424,7 @@ def response_loss(model, tokenizer, prompts: Sequence[str], responses: Sequence[
                 if prefix is not None:
                     cache = copy.deepcopy(prefix)  # each batch appends its own keys and values to a copy
                     cache.batch_repeat_interleave(len(batch))
-                    past = {_cache_argument(model): cache, "use_cache": True}
+                    past = {cache_name: cache, "use_cache": True}
                 # Position t predicts token t+1, so only the positions from the shortest prompt's last token
                 # on need logits: the LM head (a fifth of this model's multiply-adds per token) skips the rest.
                 first = max(0, min(n_prompt for _, n_prompt in batch) - 1)
