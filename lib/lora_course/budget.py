@@ -41,6 +41,13 @@ from .sweep import NOISE_SEEDS, SWEEP
 # held-out batch, NF4 dequantised for every CPU generation) against 66beba5, back to back on one day from
 # fresh clones, with identical training seconds in both (1,602 s, so the machine ran at one speed):
 # evaluation 15% less, chapters 1,776 -> 1,673 s. Scaled the same way, about 50-53 min on the box.
+# Calibrated again on a day when every chapter kept one factor: 75cd36d took 1,975 s and cded252 1,658 s,
+# from fresh clones on one machine that day, and the box took 3,468 s for 75cd36d: 1.76x (1.59-2.02 per
+# chapter but chapter 1, which the box ran after the tests had built the model). So cded252's chapters take
+# about 48.5 min on the box, where the x1.6 rule says 44.2. Tried and dropped that day: chapters 1, 2, 3 and
+# 10 two at a time on one thread each, the way chapter 4's runs go. Their wall went from 195 s to 189 s,
+# because chapter 2 took 189 s on one thread beside chapter 3 against 109 s alone on two: their work is
+# compute that uses both cores.
 BUDGET: dict[str, int] = {
     "training_steps": 308,  # 7 runs x 32 steps + 84 sweep steps (10 points x 6 + 2 points x 12)
     "sweep_points": 12,
