@@ -220,3 +220,41 @@ def test_no_shared_opening_when_rows_differ_from_the_start_or_layers_are_8_bit(s
     rows = ev.scored_rows(tok, list(test["prompt"]), list(test["description"]), profile.train.max_length)
     assert ev.shared_prefix(model, rows) >= 8
     assert ev.shared_prefix(_adapted(profile, "int8"), rows) == 0
+
+
+def test_a_4bit_load_reads_the_saved_copy_and_gets_the_weights_a_fresh_rounding_gives(smoke, tmp_path, monkeypatch):
+    import bitsandbytes as bnb
+    from transformers import AutoModelForCausalLM
+
+    from lora_course import model as model_module
+
+    monkeypatch.setenv("LORA_COURSE_CACHE", str(tmp_path))  # no copy saved yet
+    profile, tok, _ = smoke
+    precision = for_profile(profile)
+    checkpoint = model_module.resolve_checkpoint(profile.model_spec)
+    quant = model_module.bnb_config("nf4", precision)
+    copy_dir = model_module._quantised_copy_dir(checkpoint, quant, precision)
+    assert not copy_dir.exists()
+    first = load_model(profile, "nf4", precision)  # rounds the weights once and saves them
+    assert (copy_dir / "config.json").exists()
+    saved = sorted(p.name for p in copy_dir.iterdir())
+    again = load_model(profile, "nf4", precision)  # reads them back: nothing rounded, nothing rewritten
+    assert sorted(p.name for p in copy_dir.iterdir()) == saved
+    assert again.name_or_path == again.config._name_or_path == checkpoint  # what an adapter records as its base
+
+    fresh = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=precision.weights, quantization_config=quant,
+                                                 device_map=model_module.device_map(precision))
+    model_module._keep_4bit_matmuls_in(fresh, precision.compute)  # as load_model does: no bf16 kernel swapped in
+    for loaded in (first, again):
+        state, expected = loaded.state_dict(), fresh.state_dict()
+        assert state.keys() == expected.keys()
+        assert all(state[k].dtype == expected[k].dtype and torch.equal(state[k], expected[k]) for k in state)
+        layers = [m for m in loaded.modules() if isinstance(m, bnb.nn.Linear4bit)]
+        assert layers and all(m.compute_dtype == precision.compute and not m.support_avx512bf16_for_cpu
+                              for m in layers)
+    ids = tok(["### Instruction:\nDescribe a lamp."], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.equal(again(ids).logits, fresh(ids).logits)
+    # 8-bit and float loads round nothing ahead: no copy of theirs.
+    load_model(profile, "int8", precision)
+    assert [p.name for p in tmp_path.iterdir() if "4bit" in p.name] == [copy_dir.name]
