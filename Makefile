@@ -10,7 +10,7 @@ PROFILE ?= cpu
 CHAPTERS ?=
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-# One cache of converted checkpoints (the smoke model, SmolLM2) for the tests and the book.
+# One cache of converted checkpoints (the smoke model, SmolLM2) and their 4-bit copies for the tests and the book.
 export LORA_COURSE_CACHE ?= $(CURDIR)/.cache/lora_course
 
 .PHONY: setup book book-gpu-mini check-book test bench clean

@@ -48,6 +48,9 @@ from .sweep import NOISE_SEEDS, SWEEP
 # 10 two at a time on one thread each, the way chapter 4's runs go. Their wall went from 195 s to 189 s,
 # because chapter 2 took 189 s on one thread beside chapter 3 against 109 s alone on two: their work is
 # compute that uses both cores.
+# 2ca1cdc (a 4-bit load reads the checkpoint's saved 4-bit copy instead of rounding every weight again)
+# against cded252 on the same day: chapters 1,658 -> 1,610 s here, same losses, tokens and row losses,
+# so about 47 min on the box by the 1.76x above.
 BUDGET: dict[str, int] = {
     "training_steps": 308,  # 7 runs x 32 steps + 84 sweep steps (10 points x 6 + 2 points x 12)
     "sweep_points": 12,
