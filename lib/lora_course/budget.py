@@ -51,6 +51,13 @@ from .sweep import NOISE_SEEDS, SWEEP
 # 2ca1cdc (a 4-bit load reads the checkpoint's saved 4-bit copy instead of rounding every weight again)
 # against cded252 on the same day: chapters 1,658 -> 1,610 s here, same losses, tokens and row losses,
 # so about 47 min on the box by the 1.76x above.
+# MKL, which does the matmuls, ignores both avx2 variables; MKL_ENABLE_INSTRUCTIONS=AVX2 it obeys (a 256 x 576
+# x 1536 fp32 linear on one thread: 160 -> 111 GFLOP/s on the 2-core AVX-512 machine). With all three variables
+# set, 75cd36d took 2,307 s there and 395d12d (2ca1cdc's code) 2,034 s, from fresh clones back to back on one
+# day: the box took 1.50x as long as that machine for 75cd36d (1.41-1.86 per chapter but chapter 1), and
+# 395d12d's chapters, scaled chapter by chapter, come to about 51 min on the box. Its gains since 75cd36d
+# are a smaller share once the matmuls run at AVX2 speed (0.88 of 75cd36d's time, against 0.82 without the
+# MKL variable), so the 47 min above read low: time with the three variables and x1.5.
 BUDGET: dict[str, int] = {
     "training_steps": 308,  # 7 runs x 32 steps + 84 sweep steps (10 points x 6 + 2 points x 12)
     "sweep_points": 12,
